@@ -1,0 +1,100 @@
+"""Orbax checkpoints: resumable training state and saved model variables.
+
+`TrainCheckpoints` wraps an Orbax `CheckpointManager` that keeps the last few training states
+(everything a resume needs), written atomically. `save_variables` / `load_variables` store a
+model's {'params', 'batch_stats'}; loading first compares the stored tree's shapes with the
+expected architecture so a mismatch gives one clear message rather than an Orbax traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from backdoor_core.errors import CheckpointError
+
+
+def abstract_tree(tree):
+    """The shape/dtype skeleton of a pytree of arrays (what Orbax restores into)."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _stored_shapes(path: Path) -> dict:
+    """{'a/b/c': shape} for every array stored in the Orbax checkpoint at `path`."""
+    try:
+        tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    except Exception as e:  # Orbax raises several kinds for unreadable folders.
+        raise CheckpointError(f"checkpoint {path} is missing or corrupt ({type(e).__name__}: {e})") from None
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape) for k, v in flat}
+
+
+def check_compatible(path: Path, expected, what: str) -> None:
+    """Raises CheckpointError naming the first array whose presence or shape differs."""
+    stored = _stored_shapes(path)
+    flat = jax.tree_util.tree_flatten_with_path(expected)[0]
+    wanted = {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape) for k, v in flat}
+    for name in sorted(set(stored) | set(wanted)):
+        if stored.get(name) != wanted.get(name):
+            raise CheckpointError(
+                f"checkpoint {path} does not fit {what}: array {name!r} is stored with shape "
+                f"{stored.get(name, 'absent')} but the model expects {wanted.get(name, 'absent')} "
+                "(a checkpoint of another architecture, width or number of classes?)")
+
+
+def save_variables(path: Path, variables) -> None:
+    """Writes a pytree of arrays to `path` (a new directory), atomically. Never overwrites."""
+    path = Path(path).absolute()
+    if path.exists():
+        raise CheckpointError(f"refusing to overwrite the existing checkpoint {path}")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path, variables)
+    checkpointer.wait_until_finished()
+
+
+def load_variables(path: Path, like, what: str = "the model"):
+    """Restores the pytree stored at `path` into the structure, shapes and dtypes of `like`."""
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    check_compatible(path, like, what)
+    try:
+        return ocp.StandardCheckpointer().restore(path, abstract_tree(like))
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
+
+
+class TrainCheckpoints:
+    """The resumable training states of one run, under `directory`, last `max_to_keep` kept."""
+
+    def __init__(self, directory: Path, max_to_keep: int = 2):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state) -> None:
+        """Saves `state` as step `step` (atomically: a crash leaves the previous one intact)."""
+        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, like, step: int | None = None):
+        """Restores step `step` (default: latest) into the structure of `like`."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint under {self.directory}")
+        check_compatible(self.directory / str(step) / "default", like, "the training state")
+        try:
+            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_tree(like)))
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} could not be read "
+                                  f"({type(e).__name__}: {e})") from None
+
+    def close(self) -> None:
+        self._manager.close()

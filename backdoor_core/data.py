@@ -1,0 +1,275 @@
+"""Datasets: loading, validation, caching and host-side batching.
+
+A split is a `Split`: uint8 NHWC images, int32 labels, the class names and the number of
+classes. `load_split(source, split)` reads it from
+
+  (a) a tfds name (`TFDS_NAMES`), through `tensorflow_datasets`;
+  (b) an image-folder directory `NAME/{train,test}/<class>/*` or a `.tar.gz` holding one
+      (class folders sort lexicographically into label order);
+  (c) an `.npz` with `x_train`, `y_train`, `x_test`, `y_test` (and optionally `class_names`).
+
+Decoded folders and archives are cached as `.npz` under `cache_dir()` (keyed by the source's
+path, size and modification time), so a second load is fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from backdoor_core.errors import InputError
+
+TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn_cropped", "gtsrb")
+SPLITS = ("train", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".gif")
+
+# Datasets whose classes are symmetric under a left-right flip (signs and digits are not).
+FLIP_DATASETS = ("cifar10", "cifar100")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split of a dataset.
+
+    Attributes:
+      images: uint8 array [N, H, W, C], C in {1, 3}.
+      labels: int32 array [N], values in [0, num_classes).
+      class_names: tuple of num_classes strings.
+      name: short dataset name (e.g. "cifar10"), used for per-dataset defaults.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    name: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> "Split":
+        """The split restricted to `indices` (int array [M])."""
+        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: $BACKDOOR_CACHE or ~/.cache/backdoor_erasing."""
+    return Path(os.environ.get("BACKDOOR_CACHE", Path.home() / ".cache" / "backdoor_erasing"))
+
+
+def validate_split(images, labels, num_classes: int, what: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
+    """Checks images are uint8 [N, H, W, C] with C in {1, 3} and labels ints in [0, num_classes).
+
+    Returns (images, labels as int32). Raises InputError naming `what` and what was expected.
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.dtype != np.uint8:
+        raise InputError(f"{what}: images have dtype {images.dtype}; expected uint8 pixels in [0, 255]")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise InputError(f"{what}: images have shape {images.shape}; expected [N, H, W, C] with C = 1 or 3")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise InputError(f"{what}: labels have shape {labels.shape}; expected [{len(images)}] (one per image)")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{what}: labels have dtype {labels.dtype}; expected integers")
+    if len(labels) == 0:
+        raise InputError(f"{what}: the split is empty; expected at least one image")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise InputError(f"{what}: labels range over [{labels.min()}, {labels.max()}]; "
+                         f"expected values in [0, {num_classes - 1}] ({num_classes} classes)")
+    return images, labels.astype(np.int32)
+
+
+def dataset_name(source: str) -> str:
+    """Short name of a source: the tfds name, or the file/folder name without its suffixes."""
+    name = Path(str(source).rstrip("/")).name
+    for suffix in (".tar.gz", ".tgz", ".npz"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def load_split(source: str, split: str) -> Split:
+    """Loads one split ("train" or "test") of `source`; see the module docstring for sources."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
+    source = str(source)
+    path = Path(source).expanduser()
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise InputError(f"dataset file {path} does not exist; expected an .npz with x_train/y_train/x_test/y_test")
+        return _load_npz(path, split)
+    if source.endswith((".tar.gz", ".tgz")) or path.is_dir():
+        if not path.exists():
+            raise InputError(f"dataset {path} does not exist; expected an image folder NAME/{{train,test}}/<class>/* or its .tar.gz")
+        return _load_cached_folder(path, split)
+    if source in TFDS_NAMES:
+        return _load_tfds(source, split)
+    if "/" in source or path.exists():
+        raise InputError(f"dataset {source!r} is neither an image-folder directory, a .tar.gz of one, nor an .npz file")
+    raise InputError(f"unknown dataset {source!r}; expected a tfds name (one of {', '.join(TFDS_NAMES)}), "
+                     "an image-folder directory NAME/{train,test}/<class>/*, a .tar.gz of one, or an .npz file")
+
+
+def load_dataset(source: str) -> tuple[Split, Split]:
+    """(train, test) splits of `source`, checked to share class names and image shape."""
+    train, test = load_split(source, "train"), load_split(source, "test")
+    if train.class_names != test.class_names:
+        raise InputError(f"dataset {source}: train classes {train.class_names} differ from test classes {test.class_names}")
+    if train.image_shape != test.image_shape:
+        raise InputError(f"dataset {source}: train images {train.image_shape} differ from test images {test.image_shape}")
+    return train, test
+
+
+def _load_npz(path: Path, split: str) -> Split:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            need = {f"x_{split}", f"y_{split}"}
+            if not need <= keys:
+                raise InputError(f"dataset file {path} lacks {sorted(need - keys)}; expected arrays x_train, y_train, x_test, y_test")
+            images, labels = f[f"x_{split}"], f[f"y_{split}"]
+            names = tuple(str(c) for c in f["class_names"]) if "class_names" in keys else None
+            num_classes = int(f["y_train"].max()) + 1 if names is None else len(names)
+    except (OSError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"dataset file {path} could not be read as .npz ({e})") from None
+    names = names or tuple(str(i) for i in range(num_classes))
+    images, labels = validate_split(images, labels, len(names), what=f"{path} ({split})")
+    return Split(images, labels, names, dataset_name(str(path)))
+
+
+def _source_key(path: Path) -> str:
+    stat = path.stat()
+    text = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _load_cached_folder(path: Path, split: str) -> Split:
+    """Loads a folder or archive split, decoding it once into the cache."""
+    name = dataset_name(str(path))
+    cached = cache_dir() / "arrays" / f"{name}-{_source_key(path)}-{split}.npz"
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as f:
+            return Split(f["images"], f["labels"], tuple(str(c) for c in f["class_names"]), name)
+    root = _extract_archive(path) if path.is_file() else path
+    images, labels, names = _read_image_folder(_find_split_dir(root, split))
+    images, labels = validate_split(images, labels, len(names), what=f"{path} ({split})")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, images=images, labels=labels, class_names=np.array(names))
+    os.replace(tmp, cached)
+    return Split(images, labels, names, name)
+
+
+def _extract_archive(path: Path) -> Path:
+    """Extracts a .tar.gz once into the cache and returns the extraction root."""
+    target = cache_dir() / "extracted" / f"{dataset_name(str(path))}-{_source_key(path)}"
+    done = target / ".complete"
+    if not done.exists():
+        try:
+            with tarfile.open(path) as tar:
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, OSError) as e:
+            raise InputError(f"dataset archive {path} could not be extracted ({e}); expected a .tar.gz of an image folder") from None
+        done.touch()
+    return target
+
+
+def _find_split_dir(root: Path, split: str) -> Path:
+    """Finds `split/` directly under root or under its single top-level folder."""
+    for candidate in (root / split, *(d / split for d in sorted(root.iterdir()) if d.is_dir())):
+        if candidate.is_dir():
+            return candidate
+    raise InputError(f"dataset {root} has no '{split}' folder; expected NAME/{{train,test}}/<class>/*")
+
+
+def _read_image_folder(split_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Decodes split_dir/<class>/* into uint8 [N, H, W, C], int32 [N] and sorted class names."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise InputError(f"dataset folder {split_dir} has no class folders; expected {split_dir}/<class>/<image>")
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        found = sorted(p for p in (split_dir / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise InputError(f"dataset folder {split_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
+    with Image.open(files[0]) as first:
+        mode = "L" if first.mode in ("L", "1", "I;16", "I") else "RGB"
+        size = first.size
+    images = np.empty((len(files), size[1], size[0], 1 if mode == "L" else 3), np.uint8)
+    for i, f in enumerate(tqdm(files, desc=f"decoding {split_dir}", leave=False, mininterval=2)):
+        with Image.open(f) as im:
+            if im.size != size:
+                raise InputError(f"image {f} is {im.size[0]}x{im.size[1]}; expected {size[0]}x{size[1]} like the first image")
+            images[i] = np.asarray(im.convert(mode)).reshape(images.shape[1:])
+    return images, np.asarray(labels, np.int32), tuple(classes)
+
+
+def _load_tfds(name: str, split: str) -> Split:
+    cached = cache_dir() / "arrays" / f"tfds-{name}-{split}.npz"
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as f:
+            return Split(f["images"], f["labels"], tuple(str(c) for c in f["class_names"]), name)
+    try:
+        import tensorflow_datasets as tfds
+
+        data, info = tfds.load(name, split=split, batch_size=-1, as_supervised=True, with_info=True)
+    except Exception as e:  # tfds raises many kinds (download, missing builder...).
+        raise InputError(f"tfds could not load {name!r} split {split!r} ({type(e).__name__}: {e}); "
+                         "without internet, point --dataset at an image folder or .tar.gz instead") from None
+    images, labels = tfds.as_numpy(data)
+    names = tuple(info.features["label"].names)
+    images, labels = validate_split(images, labels, len(names), what=f"tfds {name} ({split})")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cached, images=images, labels=labels, class_names=np.array(names))
+    return Split(images, labels, names, name)
+
+
+def batch_indices(num_examples: int, batch_size: int, *, seed: int | None, epoch: int = 0,
+                  drop_last: bool = True) -> Iterator[np.ndarray]:
+    """Yields index arrays [batch_size] over range(num_examples).
+
+    With a seed, the order is a permutation drawn from (seed, epoch), so an epoch's batches are
+    reproducible after a resume. Without one, the order is sequential. With drop_last the final
+    short batch is dropped; otherwise it is yielded short.
+    """
+    if seed is None:
+        order = np.arange(num_examples)
+    else:
+        order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    stop = num_examples - num_examples % batch_size if drop_last else num_examples
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Number of full batches in an epoch (training drops the last short batch)."""
+    return num_examples // batch_size
+
+
+def default_augmentation(name: str, image_shape: tuple[int, int, int]) -> tuple[int, bool]:
+    """(crop padding, horizontal flip) used by default for a dataset: pad 4 (2 below 32 px)."""
+    padding = 4 if image_shape[0] >= 32 else 2
+    return padding, name in FLIP_DATASETS

@@ -1,0 +1,98 @@
+"""Model registry: classifiers by short name, described by a `ModelSpec`.
+
+A `ModelSpec` (architecture name, number of classes, input shape, width multiplier and the
+dataset's normalisation) is all a run directory needs to rebuild its model. Every model maps
+float32 NHWC pixels in [0, 1] to logits, takes `train` for batch norm, and sows its pooled
+penultimate features as `intermediates/features`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from backdoor_core.errors import InputError
+from backdoor_core.models.resnet import preact_resnet18, resnet18, resnet34
+from backdoor_core.models.small_cnn import SmallCNN
+from backdoor_core.models.vgg import VGG, VGG_LAYERS
+from backdoor_core.models.wrn import WideResNet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "preact_resnet18": preact_resnet18,
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "wrn16_1": functools.partial(WideResNet, 16, 1),
+    "wrn16_2": functools.partial(WideResNet, 16, 2),
+    "wrn16_4": functools.partial(WideResNet, 16, 4),
+    "wrn40_1": functools.partial(WideResNet, 40, 1),
+    "wrn40_2": functools.partial(WideResNet, 40, 2),
+    "vgg11_bn": functools.partial(VGG, VGG_LAYERS["vgg11"]),
+    "vgg16_bn": functools.partial(VGG, VGG_LAYERS["vgg16"]),
+    "small_cnn": SmallCNN,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a classifier.
+
+    Attributes:
+      name: registry key (see `MODELS`).
+      num_classes: size of the output layer.
+      image_shape: (H, W, C) of the inputs.
+      width: channel multiplier (0.25 gives PreAct-ResNet-18 with 16 base channels).
+      mean, std: per-channel normalisation applied by the first layer, length C.
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    width: float = 1.0
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+    def __post_init__(self):
+        if self.name not in MODELS:
+            raise InputError(f"unknown model {self.name!r}; expected one of {', '.join(MODELS)}")
+        if self.num_classes < 2:
+            raise InputError(f"model {self.name}: num_classes = {self.num_classes}; expected at least 2")
+        if self.width <= 0:
+            raise InputError(f"model {self.name}: width = {self.width}; expected a positive multiplier")
+        channels = self.image_shape[-1]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise InputError(f"model {self.name}: mean/std have {len(self.mean)}/{len(self.std)} entries; "
+                             f"expected one per image channel ({channels})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        return cls(d["name"], int(d["num_classes"]), tuple(d["image_shape"]), float(d["width"]),
+                   tuple(d["mean"]), tuple(d["std"]))
+
+
+def spec_for_data(name: str, images: np.ndarray, num_classes: int, width: float = 1.0) -> ModelSpec:
+    """A spec whose normalisation is the per-channel mean/std of `images` (uint8 [N, H, W, C])."""
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    mean = tuple(float(m) for m in pixels.mean(0).round(4))
+    std = tuple(float(s) for s in pixels.std(0).round(4))
+    return ModelSpec(name, num_classes, tuple(int(s) for s in images.shape[1:]), width, mean, std)
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """The flax module described by `spec`."""
+    return MODELS[spec.name](num_classes=spec.num_classes, width=spec.width, mean=spec.mean, std=spec.std)
+
+
+def init_variables(spec: ModelSpec, key: jax.Array) -> dict:
+    """Fresh variables {'params', 'batch_stats'} for `spec`."""
+    dummy = jnp.zeros((1, *spec.image_shape), jnp.float32)
+    variables = build_model(spec).init(key, dummy, train=False)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}

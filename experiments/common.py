@@ -1,0 +1,38 @@
+"""Helpers shared by the command-line entry points: config conversion and error reporting."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable
+
+from backdoor_core.errors import InputError
+
+
+def dataclass_from_config(cls, cfg) -> object:
+    """Builds frozen dataclass `cls` from a ConfigDict, naming any unknown key."""
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown {cls.__name__} setting(s) {unknown}; expected some of {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**values)
+
+
+def output_dir(path: str) -> Path:
+    """An output path with ~ expanded."""
+    return Path(path).expanduser()
+
+
+def run_cli(fn: Callable[[], object]) -> object:
+    """Runs `fn`; bad input exits with one line 'error: ...' and status 2, not a traceback."""
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
+    try:
+        return fn()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

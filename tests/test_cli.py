@@ -1,0 +1,51 @@
+"""The training entry point: runs on the shipped data; bad input gives one clear line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backdoor_core.errors import InputError
+from experiments.configs import train_base
+from experiments.train import train_clean
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_cli_on_shipped_data(tmp_path):
+    cfg = train_base.get_config()
+    cfg.width = 0.25
+    cfg.num_devices = 1
+    cfg.train.epochs = 1
+    cfg.out = str(tmp_path / "run")
+    result = train_clean(cfg)
+    assert result.complete
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["model"]["name"] == "small_cnn" and record["dataset"] == "mnist_subset"
+    assert record["metrics"]["test_acc"] > 0.7
+
+
+def test_unknown_training_setting(tmp_path):
+    cfg = train_base.get_config()
+    cfg.train.unlock()
+    cfg.train.learning_rates = 0.1
+    cfg.out = str(tmp_path / "run")
+    with pytest.raises(InputError, match="unknown TrainConfig setting.*learning_rates"):
+        train_clean(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.dataset=imagenet_not_here", "error: unknown dataset 'imagenet_not_here'"),
+    ("--config.model=resnet9000", "error: unknown model 'resnet9000'"),
+])
+def test_cli_bad_names_give_one_line(tmp_path, override, message):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", override, f"--config.out={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -1,0 +1,146 @@
+"""Dataset loading from .npz, image folders and archives; validation errors; batching."""
+
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backdoor_core import data
+from backdoor_core.data import InputError, batch_indices, load_dataset, load_split, validate_split
+
+
+def make_folder(root, shape=(8, 8, 3), per_class=3, classes=("cat", "dog")):
+    """Writes root/{train,test}/<class>/<i>.png and returns the arrays written."""
+    rng = np.random.default_rng(0)
+    written = {}
+    for split in ("train", "test"):
+        images, labels = [], []
+        for label, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                img = rng.integers(0, 256, shape, dtype=np.uint8)
+                Image.fromarray(img.squeeze()).save(root / split / cls / f"{i}.png")
+                images.append(img)
+                labels.append(label)
+        written[split] = (np.stack(images), np.array(labels))
+    return written
+
+
+def test_shipped_subset(mnist_subset):
+    train, test = mnist_subset
+    assert train.images.shape == (6000, 28, 28, 1) and train.images.dtype == np.uint8
+    assert test.images.shape == (1000, 28, 28, 1)
+    assert train.num_classes == 10 and np.bincount(train.labels).tolist() == [600] * 10
+    assert train.name == "mnist_subset"
+
+
+def test_image_folder_round_trip(tmp_path):
+    written = make_folder(tmp_path / "pets")
+    train, test = load_dataset(str(tmp_path / "pets"))
+    assert train.class_names == ("cat", "dog") and train.name == "pets"
+    np.testing.assert_array_equal(train.images, written["train"][0])
+    np.testing.assert_array_equal(test.labels, written["test"][1])
+
+
+def test_grey_folder_has_one_channel(tmp_path):
+    make_folder(tmp_path / "g", shape=(6, 6, 1))
+    assert load_split(str(tmp_path / "g"), "train").images.shape == (6, 6, 6, 1)
+
+
+def test_archive_is_extracted_and_cached(tmp_path, monkeypatch):
+    written = make_folder(tmp_path / "src" / "pets")
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "pets", arcname="pets")
+    first = load_split(str(archive), "train")
+    np.testing.assert_array_equal(first.images, written["train"][0])
+
+    def no_decoding(*a, **k):
+        raise AssertionError("the second load should come from the cache")
+
+    monkeypatch.setattr(data, "_read_image_folder", no_decoding)
+    second = load_split(str(archive), "train")
+    np.testing.assert_array_equal(second.images, first.images)
+    assert second.class_names == first.class_names
+
+
+@pytest.mark.parametrize("source,message", [
+    ("not_a_dataset", "unknown dataset 'not_a_dataset'"),
+    ("/nonexistent/dir/", "neither an image-folder"),
+    ("/nonexistent/x.npz", "does not exist"),
+    ("/nonexistent/x.tar.gz", "does not exist"),
+])
+def test_unknown_or_missing_sources(source, message):
+    with pytest.raises(InputError, match=message):
+        load_split(source, "train")
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(InputError, match="no class folders"):
+        load_split(str(tmp_path / "empty"), "train")
+    (tmp_path / "empty" / "train" / "a").mkdir()
+    with pytest.raises(InputError, match="holds no images"):
+        load_split(str(tmp_path / "empty"), "train")
+
+
+def test_missing_split_folder(tmp_path):
+    make_folder(tmp_path / "d")
+    import shutil
+    shutil.rmtree(tmp_path / "d" / "test")
+    with pytest.raises(InputError, match="no 'test' folder"):
+        load_split(str(tmp_path / "d"), "test")
+
+
+def test_images_of_different_sizes(tmp_path):
+    make_folder(tmp_path / "d")
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(tmp_path / "d" / "train" / "dog" / "odd.png")
+    with pytest.raises(InputError, match="expected 8x8"):
+        load_split(str(tmp_path / "d"), "train")
+
+
+def test_unknown_split():
+    with pytest.raises(InputError, match="unknown split"):
+        load_split("cifar10", "validation")
+
+
+@pytest.mark.parametrize("images,labels,message", [
+    (np.zeros((2, 4, 4, 3), np.float32), [0, 1], "dtype float32; expected uint8"),
+    (np.zeros((2, 4, 4, 2), np.uint8), [0, 1], r"expected \[N, H, W, C\] with C = 1 or 3"),
+    (np.zeros((2, 4, 4, 3), np.uint8), [0, 1, 1], r"expected \[2\]"),
+    (np.zeros((2, 4, 4, 3), np.uint8), [0, 10], r"range over \[0, 10\]; expected values in \[0, 9\]"),
+    (np.zeros((2, 4, 4, 3), np.uint8), [-1, 0], "range over"),
+    (np.zeros((2, 4, 4, 3), np.uint8), [0.0, 1.0], "expected integers"),
+])
+def test_validate_split_errors(images, labels, message):
+    with pytest.raises(InputError, match=message):
+        validate_split(images, np.asarray(labels), 10)
+
+
+def test_npz_with_bad_labels(tmp_path):
+    path = tmp_path / "bad.npz"
+    x = np.zeros((4, 8, 8, 3), np.uint8)
+    np.savez(path, x_train=x, y_train=np.array([0, 1, 2, 9]), x_test=x, y_test=np.array([0, 1, 2, 3]),
+             class_names=np.array(["a", "b", "c", "d"]))
+    with pytest.raises(InputError, match="expected values in"):
+        load_split(str(path), "train")
+
+
+def test_npz_missing_arrays(tmp_path):
+    path = tmp_path / "half.npz"
+    np.savez(path, x_train=np.zeros((2, 4, 4, 1), np.uint8))
+    with pytest.raises(InputError, match="lacks"):
+        load_split(str(path), "test")
+
+
+def test_batch_indices_seeded_permutation():
+    a = list(batch_indices(10, 3, seed=1, epoch=0))
+    b = list(batch_indices(10, 3, seed=1, epoch=0))
+    c = list(batch_indices(10, 3, seed=1, epoch=1))
+    assert len(a) == 3 and all(len(x) == 3 for x in a)  # drop_last drops the 10th index
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert len(set(np.concatenate(a))) == 9
+    tail = list(batch_indices(10, 3, seed=None, drop_last=False))
+    assert np.array_equal(np.concatenate(tail), np.arange(10))

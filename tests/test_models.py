@@ -1,0 +1,62 @@
+"""The model registry: every architecture builds, maps pixels to logits, honours its spec."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from backdoor_core.errors import InputError
+from backdoor_core.models import MODELS, ModelSpec, build_model, init_variables, spec_for_data
+from backdoor_core.models.layers import Normalize
+
+
+def spec(name, width=0.25, classes=10):
+    shape = (28, 28, 1) if name == "small_cnn" else (32, 32, 3)
+    c = shape[-1]
+    return ModelSpec(name, classes, shape, width, (0.5,) * c, (0.25,) * c)
+
+
+def count(tree):
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_gives_logits_and_features(name):
+    s = spec(name, classes=7)
+    variables = init_variables(s, jax.random.PRNGKey(0))
+    x = jnp.ones((2, *s.image_shape))
+    logits, state = build_model(s).apply(variables, x, mutable=["intermediates"])
+    assert logits.shape == (2, 7)
+    assert state["intermediates"]["features"][0].shape[0] == 2
+    assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_width_multiplier_scales_channels():
+    small = count(init_variables(spec("preact_resnet18", 0.25), jax.random.PRNGKey(0))["params"])
+    full = count(init_variables(spec("preact_resnet18", 1.0), jax.random.PRNGKey(0))["params"])
+    assert 11.0e6 < full < 11.3e6  # PreAct-ResNet-18 has 11.17M parameters at width 1
+    assert 12 < full / small < 17  # conv weights scale with width squared
+
+
+def test_normalize_is_the_first_layer():
+    out = Normalize((0.5, 0.25, 0.0), (0.5, 0.25, 1.0)).apply({}, jnp.ones((1, 1, 1, 3)))
+    np.testing.assert_allclose(out.ravel(), [1.0, 3.0, 1.0])
+
+
+def test_spec_round_trip_and_data_normalisation():
+    images = np.stack([np.full((4, 4, 1), 0, np.uint8), np.full((4, 4, 1), 255, np.uint8)])
+    s = spec_for_data("small_cnn", images, 10)
+    assert s.mean == (0.5,) and s.std == (0.5,)
+    assert ModelSpec.from_dict(s.to_dict()) == s
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(name="resnet9000"), "unknown model 'resnet9000'"),
+    (dict(num_classes=1), "expected at least 2"),
+    (dict(width=0.0), "positive multiplier"),
+    (dict(mean=(0.5, 0.5)), "one per image channel"),
+])
+def test_bad_specs(kwargs, message):
+    base = dict(name="small_cnn", num_classes=10, image_shape=(28, 28, 1), width=1.0, mean=(0.5,), std=(0.5,))
+    with pytest.raises(InputError, match=message):
+        ModelSpec(**{**base, **kwargs})

@@ -1,0 +1,157 @@
+"""Training: it learns, it resumes exactly, it shards, it compiles once, it fails cleanly."""
+
+import dataclasses
+import shutil
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from backdoor_core import rundir
+from backdoor_core.errors import CheckpointError, InputError
+from backdoor_core.fit import fit
+from backdoor_core.models import ModelSpec, build_model, init_variables, spec_for_data
+from backdoor_core.train import TrainConfig, clean_eval_fn, create_train_state, learning_rate_schedule, make_optimizer, make_train_step
+from backdoor_core.sharding import replicate, shard_batch
+
+TINY = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, crop_padding=2, hflip=False, seed=3)
+
+
+def small_spec(train, width=0.25):
+    return spec_for_data("small_cnn", train.images, train.num_classes, width)
+
+
+def mixed(split, n, seed=0):
+    """n images of `split` drawn at random (the shipped subset is sorted by class)."""
+    return split.subset(np.random.default_rng(seed).permutation(len(split))[:n])
+
+
+def tree_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_training_learns_real_digits(mnist_subset, mesh1, tmp_path):
+    train, test = mnist_subset
+    spec = small_spec(train, 0.5)
+    config = dataclasses.replace(TINY, epochs=2, batch_size=64, learning_rate=0.05)
+    result = fit(spec, mixed(train, 3000), config, tmp_path / "run", mesh=mesh1,
+                 eval_fn=clean_eval_fn(build_model(spec), test, mesh1), progress=False)
+    assert result.complete
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.history[-1]["test_acc"] > 0.85
+    record = rundir.read_record(tmp_path / "run")
+    assert record["status"] == "complete" and record["metrics"]["test_acc"] == result.history[-1]["test_acc"]
+    loaded_spec, model, variables = rundir.load_model(tmp_path / "run")
+    assert loaded_spec == spec and tree_equal(variables, result.variables)
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(mnist_subset, mesh1, tmp_path):
+    train = mixed(mnist_subset[0], 128)  # 4 steps per epoch
+    spec = small_spec(train)
+    full = fit(spec, train, TINY, tmp_path / "full", mesh=mesh1, progress=False)
+    part = fit(spec, train, TINY, tmp_path / "part", mesh=mesh1, stop_after_steps=6, progress=False)
+    assert not part.complete and rundir.read_record(tmp_path / "part")["status"] == "running"
+    resumed = fit(spec, train, TINY, tmp_path / "part", mesh=mesh1, progress=False)
+    assert resumed.complete
+    assert tree_equal(full.variables, resumed.variables)
+    assert [r["step"] for r in resumed.history] == [4, 8]
+
+
+def test_four_devices_match_one(mnist_subset, mesh1, mesh4, tmp_path):
+    train = mixed(mnist_subset[0], 128)
+    spec = small_spec(train)
+    one = fit(spec, train, TINY, tmp_path / "one", mesh=mesh1, progress=False)
+    four = fit(spec, train, TINY, tmp_path / "four", mesh=mesh4, progress=False)
+    # Reductions are reordered across devices; 8 SGD steps amplify float rounding to ~1e-4.
+    for a, b in zip(jax.tree.leaves(one.variables), jax.tree.leaves(four.variables)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4)
+    np.testing.assert_allclose(one.history[-1]["train_loss"], four.history[-1]["train_loss"], rtol=1e-4)
+
+
+def test_train_step_compiles_once_and_is_sharded(mnist_subset, mesh4):
+    train = mnist_subset[0]
+    spec = small_spec(train)
+    tx = make_optimizer(TINY, 10)
+    state = replicate(mesh4, create_train_state(init_variables(spec, jax.random.PRNGKey(0)), tx, 0))
+    step = make_train_step(build_model(spec), tx, mesh4, crop_padding=2, hflip=False)
+    for i in range(3):
+        images, labels = shard_batch(mesh4, train.images[i * 32:(i + 1) * 32], train.labels[i * 32:(i + 1) * 32])
+        state, metrics = step(state, images, labels)
+    assert step._cache_size() == 1
+    assert int(state.step) == 3
+    assert jax.tree.leaves(state.params)[0].sharding.is_fully_replicated
+
+
+def test_multistep_schedule_drops_at_milestones():
+    config = TrainConfig(epochs=10, learning_rate=0.1, schedule="multistep", milestones=(0.5, 0.8))
+    sched = learning_rate_schedule(config, 100)
+    np.testing.assert_allclose([sched(0), sched(49), sched(50), sched(79), sched(80), sched(99)],
+                               [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+    cosine = learning_rate_schedule(dataclasses.replace(config, schedule="cosine", warmup_epochs=1), 100)
+    assert float(cosine(0)) == 0.0 and float(cosine(10)) == pytest.approx(0.1) and float(cosine(100)) < 1e-6
+
+
+def test_finished_run_is_never_overwritten(mnist_subset, mesh1, tmp_path):
+    train = mixed(mnist_subset[0], 64)
+    spec = small_spec(train)
+    config = dataclasses.replace(TINY, epochs=1)
+    fit(spec, train, config, tmp_path / "run", mesh=mesh1, progress=False)
+    before = (tmp_path / "run" / "record.json").read_text()
+    with pytest.raises(InputError, match="holds a finished run"):
+        fit(spec, train, config, tmp_path / "run", mesh=mesh1, progress=False)
+    assert (tmp_path / "run" / "record.json").read_text() == before
+
+
+def test_resume_with_other_settings_is_refused(mnist_subset, mesh1, tmp_path):
+    train = mixed(mnist_subset[0], 64)
+    spec = small_spec(train)
+    fit(spec, train, TINY, tmp_path / "run", mesh=mesh1, stop_after_steps=1, progress=False)
+    with pytest.raises(InputError, match="another configuration .*learning_rate"):
+        fit(spec, train, dataclasses.replace(TINY, learning_rate=0.5), tmp_path / "run", mesh=mesh1, progress=False)
+
+
+def test_failed_start_leaves_no_run_directory(mnist_subset, mesh1, mesh4, tmp_path):
+    train = mixed(mnist_subset[0], 64)
+    spec = small_spec(train)
+    with pytest.raises(InputError, match="does not divide over 4 devices"):
+        fit(spec, train, dataclasses.replace(TINY, batch_size=30), tmp_path / "a", mesh=mesh4, progress=False)
+    with pytest.raises(InputError, match="learning_rate"):
+        fit(spec, train, dataclasses.replace(TINY, learning_rate=-1.0), tmp_path / "b", mesh=mesh1, progress=False)
+    other = ModelSpec("small_cnn", 10, (32, 32, 3), 0.25, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(InputError, match=r"images are \(28, 28, 1\)"):
+        fit(other, train, TINY, tmp_path / "c", mesh=mesh1, progress=False)
+
+    def broken_eval(variables):
+        raise RuntimeError("evaluation failed")
+
+    with pytest.raises(RuntimeError):
+        fit(spec, train, TINY, tmp_path / "d", mesh=mesh1, eval_fn=broken_eval, progress=False)
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_checkpoint_of_another_architecture(mnist_subset, mesh1, tmp_path):
+    train = mixed(mnist_subset[0], 64)
+    fit(small_spec(train, 0.25), train, dataclasses.replace(TINY, epochs=1), tmp_path / "run", mesh=mesh1, progress=False)
+    record = rundir.read_record(tmp_path / "run")
+    record["model"]["width"] = 0.5
+    rundir.write_json(tmp_path / "run" / "record.json", record)
+    with pytest.raises(CheckpointError, match="does not fit model small_cnn .*stored with shape"):
+        rundir.load_model(tmp_path / "run")
+
+
+def test_corrupt_checkpoint(mnist_subset, mesh1, tmp_path):
+    train = mixed(mnist_subset[0], 64)
+    fit(small_spec(train), train, dataclasses.replace(TINY, epochs=1), tmp_path / "run", mesh=mesh1, progress=False)
+    model_dir = tmp_path / "run" / "model"
+    for path in model_dir.rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="model"):
+        rundir.load_model(tmp_path / "run")
+    shutil.rmtree(model_dir)
+    with pytest.raises(InputError, match="has no saved model"):
+        rundir.load_model(tmp_path / "run")
+    with pytest.raises(InputError, match="not a run directory"):
+        rundir.load_model(tmp_path)
