@@ -1,0 +1,130 @@
+"""Backdoored training end to end: BadNets implants a working backdoor on real digits without
+costing clean accuracy; WaNet poisons on the fly; the CLI writes a complete run
+directory and refuses bad settings with one line, leaving nothing behind."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attacks.backdoor import POISONED_INDICES, load_attack, train_backdoor
+from attacks.base import AttackConfig
+from attacks.poison import poison_split
+from backdoor_core import rundir
+from backdoor_core.errors import InputError
+from backdoor_core.fit import fit
+from backdoor_core.models import build_model, spec_for_data
+from backdoor_core.train import TrainConfig, clean_eval_fn
+from experiments.attack import run_attack
+from experiments.configs import attack_base
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = TrainConfig(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=2, hflip=False, seed=3)
+
+
+def mixed(split, n, seed=0):
+    """n images of `split` drawn at random (the shipped subset is sorted by class)."""
+    return split.subset(np.random.default_rng(seed).permutation(len(split))[:n])
+
+
+def write_npz(path, train, test):
+    np.savez(path, x_train=train.images, y_train=train.labels, x_test=test.images, y_test=test.labels)
+    return str(path)
+
+
+def cli_config(dataset, out, **overrides):
+    cfg = attack_base.get_config()
+    cfg.dataset, cfg.out, cfg.num_devices, cfg.width = dataset, str(out), 1, 0.5
+    cfg.train.update(dict(epochs=RECIPE.epochs, batch_size=RECIPE.batch_size, learning_rate=RECIPE.learning_rate,
+                          crop_padding=RECIPE.crop_padding, hflip=RECIPE.hflip, seed=RECIPE.seed))
+    for key, value in overrides.items():
+        target = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return cfg
+
+
+def test_badnets_cli_implants_a_backdoor_at_clean_accuracy(mnist_subset, mesh1, tmp_path):
+    train, test = mnist_subset
+    train = mixed(train, 2400)
+    dataset = write_npz(tmp_path / "digits.npz", train, test)
+    result = run_attack(cli_config(dataset, tmp_path / "bd"))
+    metrics = rundir.read_record(result.run_dir)["metrics"]
+
+    spec = spec_for_data("small_cnn", train.images, train.num_classes, 0.5)
+    clean = fit(spec, train, RECIPE, tmp_path / "clean", mesh=mesh1, progress=False,
+                eval_fn=clean_eval_fn(build_model(spec), test, mesh1))
+    clean_acc = clean.history[-1]["test_acc"]
+    assert metrics["asr"] >= 0.9 and metrics["asr_strict"] >= 0.9 and metrics["ra"] <= 0.1
+    assert metrics["test_acc"] >= clean_acc - 0.03 and metrics["test_acc"] > 0.85
+
+    run = result.run_dir
+    for name in ("examples.png", "trigger.npz", "trigger.json", POISONED_INDICES, "model"):
+        assert (run / name).exists(), name
+    indices = np.load(run / POISONED_INDICES)
+    assert len(indices) == 240 and np.all(train.labels[indices] != 0)
+    config, trigger = load_attack(run)
+    assert config == AttackConfig("badnets", params=config.params) and config.params["size"] == 3
+    # The saved trigger and config reproduce the poisoned training set exactly.
+    _, again = poison_split(train, config, trigger)
+    np.testing.assert_array_equal(again, indices)
+    history = rundir.read_history(run)
+    assert [set(r) >= {"test_acc", "asr", "asr_strict", "ra"} for r in history] == [True, True]
+
+
+def test_wanet_poisons_on_the_fly(mnist_subset, mesh1, tmp_path):
+    train, test = mnist_subset
+    train, test = mixed(train, 128), mixed(test, 100)
+    config = AttackConfig("wanet", target=1, poison_ratio=0.1, seed=2)
+    recipe = dataclasses.replace(RECIPE, epochs=1, batch_size=32)
+    run = tmp_path / "wanet"
+    done = train_backdoor(config, "small_cnn", 0.25, train, test, recipe, run, mesh=mesh1, progress=False)
+    assert done.fit.complete and done.poisoned_indices is None
+    record = rundir.read_record(run)
+    assert record["kind"] == "attack" and record["attack"]["poisoning"] == "on_the_fly" and record["steps"] == 4
+    assert record["config"]["attack"]["params"] == {"k": 4, "s": 0.5, "grid_rescale": 1.0, "cross_ratio": 2.0}
+    assert not (run / POISONED_INDICES).exists()
+    assert set(record["metrics"]) == {"test_acc", "asr", "asr_strict", "ra"}
+    _, trigger = load_attack(run)
+    np.testing.assert_array_equal(np.asarray(trigger.arrays["grid"]), np.asarray(done.trigger.arrays["grid"]))
+    with pytest.raises(InputError, match="holds a finished run"):
+        train_backdoor(config, "small_cnn", 0.25, train, test, recipe, run, mesh=mesh1, progress=False)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"attack": "badnet"}, "unknown attack 'badnet'"),
+    ({"target": 10}, "target 10 is not a class"),
+    ({"poison_ratio": 0.0}, "poison_ratio = 0.0"),
+    ({"params.badnets.size": 30}, "30x30 patch at margin 0 does not fit 28x28"),
+    ({"mode": "all_to_all", "attack": "sig"}, "clean-label"),
+    ({"model": "resnet9000"}, "unknown model 'resnet9000'"),
+])
+def test_cli_bad_settings_leave_no_run_dir(tmp_path, overrides, message):
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=message):
+        run_attack(cli_config(str(ROOT / "data" / "mnist_subset.npz"), out, **overrides))
+    assert not out.exists()
+
+
+def test_cli_error_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "experiments.attack", "--config.attack=nope", f"--config.out={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: unknown attack 'nope'; expected one of badnets" in proc.stderr
+    assert not out.exists()
+
+
+def test_config_files_load():
+    from experiments.configs import attack_cifar10
+
+    cfg = attack_cifar10.get_config()
+    assert cfg.model == "preact_resnet18" and cfg.width == 0.25 and cfg.poison_ratio == 0.1 and cfg.target == 0
+    assert cfg.train.epochs == 15 and cfg.train.learning_rate == 0.1
+    assert json.loads(json.dumps(cfg.params.to_dict()))["blended"] == {"alpha": 0.2, "pattern": "noise"}
