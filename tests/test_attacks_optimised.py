@@ -1,0 +1,141 @@
+"""Optimisation-based attacks: TrojanNN's patch, LC's hardened clean-label poison, IAD's generators."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attacks.backdoor import load_attack, train_backdoor
+from attacks.base import AttackConfig
+from attacks.iad import IAD, IADParams, diversity_loss, generate_mask, generate_pattern
+from attacks.label_consistent import LABEL_CONSISTENT, LCParams, four_corner_trigger, harden, label_consistent_poison
+from attacks.triggers import load_trigger, save_trigger
+from attacks.trojannn import TROJANNN, TrojanNNParams, penultimate_features, select_neurons
+from backdoor_core.augment import to_float
+from backdoor_core.errors import InputError
+from backdoor_core.train import TrainConfig
+from clean_mnist_model import clean_mnist_model
+
+
+def mixed(split, n, seed=0):
+    return split.subset(np.random.default_rng(seed).permutation(len(split))[:n])
+
+
+@pytest.fixture(scope="module")
+def clean():
+    """(TrainedModel of small_cnn 0.25 after 1 epoch on 2000 digits, those 2000 digits)."""
+    return clean_mnist_model()
+
+
+# --- TrojanNN -------------------------------------------------------------------------------
+
+def test_select_neurons_takes_largest_outgoing_weights():
+    kernel = jnp.array([[0.1, -0.1], [2.0, -3.0], [0.0, 0.5], [-1.0, 1.5]])
+    np.testing.assert_array_equal(select_neurons({"classifier": {"kernel": kernel}}, 2), [1, 3])
+
+
+def test_trojannn_patch_is_masked_and_excites_chosen_neurons(clean, mnist_subset):
+    model, train = clean
+    config = AttackConfig(name="trojannn", target=3)
+    params = TrojanNNParams(steps=60, num_images=32)
+    TROJANNN.validate(config, params, train.image_shape, 10)
+    trigger = TROJANNN.build_trigger(config, params, train, jax.random.PRNGKey(0), model)
+    mask = np.asarray(trigger.arrays["mask"])
+    assert mask.sum() == 16 and mask[-4:, -4:].all()  # 4x4 at the bottom-right of 28x28
+
+    x = jnp.asarray(to_float(mixed(mnist_subset[1], 64).images))
+    changed = np.any(np.asarray(trigger(x)) != np.asarray(x), axis=(0, 3))
+    assert not changed[mask[..., 0] == 0].any()
+
+    neurons = select_neurons(model.variables["params"], params.num_neurons)
+    act = lambda pattern: float(penultimate_features(model.module, model.variables,
+                                                     (1 - mask) * x + mask * pattern)[:, neurons].mean())
+    random_patches = [mask * jax.random.uniform(jax.random.PRNGKey(i), mask.shape) for i in range(5)]
+    assert act(trigger.arrays["pattern"]) > max(act(p) for p in random_patches)
+
+    poisoned, indices = TROJANNN.poison(train, config, trigger)
+    assert np.all(poisoned.labels[indices] == 3) and len(indices) == 200
+    with pytest.raises(InputError, match="clean"):
+        TROJANNN.build_trigger(config, params, train, jax.random.PRNGKey(0), None)
+
+
+# --- Label-consistent -----------------------------------------------------------------------
+
+def test_four_corner_checkerboards():
+    trigger = four_corner_trigger((28, 28, 1))
+    mask, pattern = np.asarray(trigger.arrays["mask"])[..., 0], np.asarray(trigger.arrays["pattern"])[..., 0]
+    board = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], np.float32)
+    assert mask.sum() == 36
+    for rows in (slice(0, 3), slice(25, 28)):
+        for cols in (slice(0, 3), slice(25, 28)):
+            assert mask[rows, cols].all()
+            np.testing.assert_array_equal(pattern[rows, cols], board)
+
+
+def test_lc_poisons_only_target_images_within_budget(clean):
+    model, train = clean
+    train = mixed(train, 600, seed=1)
+    config = AttackConfig(name="lc", target=2, poison_ratio=0.5, ratio_of="target_class")
+    params = LCParams(steps=4, alpha=4 / 255, batch_size=64)
+    LABEL_CONSISTENT.validate(config, params, train.image_shape, 10)
+    trigger = LABEL_CONSISTENT.build_trigger(config, params, train, jax.random.PRNGKey(0))
+    poisoned, indices = label_consistent_poison(train, config, params, trigger, model, jax.random.PRNGKey(1))
+
+    target_images = np.flatnonzero(train.labels == 2)
+    assert set(indices) <= set(target_images) and len(indices) == int(0.5 * len(target_images) + 0.5)
+    np.testing.assert_array_equal(poisoned.labels, train.labels)
+    untouched = np.setdiff1d(np.arange(len(train)), indices)
+    np.testing.assert_array_equal(poisoned.images[untouched], train.images[untouched])
+
+    mask = np.asarray(trigger.arrays["mask"])[..., 0] > 0
+    before, after = train.images[indices].astype(int), poisoned.images[indices].astype(int)
+    assert np.abs(after - before)[:, ~mask].max() <= 16  # the PGD perturbation, 16/255, rounded
+    assert np.abs(after - before)[:, ~mask].mean() > 1  # ... which is really there
+    corners = np.round(np.asarray(trigger.arrays["pattern"])[..., 0] * 255)
+    assert np.all(after[:, mask, 0] == corners[mask])
+
+    hard = harden(model, train.images[indices], train.labels[indices], params, jax.random.PRNGKey(1))
+    assert np.abs(hard - to_float(train.images[indices])).max() <= 16 / 255 + 1e-6
+    with pytest.raises(InputError, match="clean_model"):
+        LABEL_CONSISTENT.poison(train, config, trigger)
+
+
+# --- Input-aware dynamic --------------------------------------------------------------------
+
+TINY_IAD = {"base_channels": 8, "depth": 2}
+
+
+def test_iad_trigger_is_sample_specific_deterministic_and_reloads(mnist_subset, tmp_path):
+    test = mnist_subset[1]
+    x = jnp.asarray(to_float(mixed(test, 8).images))
+    params = IADParams(**TINY_IAD)
+    config = AttackConfig(name="iad")
+    trigger = IAD.build_trigger(config, params, test, jax.random.PRNGKey(0))
+    again = IAD.build_trigger(config, params, test, jax.random.PRNGKey(0))
+    other = IAD.build_trigger(config, params, test, jax.random.PRNGKey(1))
+    out = np.asarray(trigger(x))
+    assert out.min() >= 0 and out.max() <= 1
+    np.testing.assert_array_equal(out, np.asarray(again(x)))
+    assert not np.array_equal(out, np.asarray(other(x)))
+    patterns = np.asarray(generate_pattern(trigger.arrays["generator"], x, 8, 2))
+    masks = np.asarray(generate_mask(trigger.arrays["mask_generator"], x, 8, 2))
+    assert patterns.min() >= 0 and patterns.max() <= 1 and masks.min() >= 0 and masks.max() <= 1
+    assert np.abs(patterns[0] - patterns[1]).mean() > 1e-3  # two images, two patterns
+    save_trigger(tmp_path, trigger)
+    np.testing.assert_array_equal(np.asarray(load_trigger(tmp_path)(x)), out)
+    assert float(diversity_loss(x[:4], x[4:], jnp.asarray(patterns[:4]), jnp.asarray(patterns[4:]))) > 0
+
+
+def test_iad_joint_training_plants_a_backdoor(mnist_subset, mesh1, tmp_path):
+    train, test = mixed(mnist_subset[0], 2000), mixed(mnist_subset[1], 300, seed=1)
+    config = AttackConfig(name="iad", target=0, params={**TINY_IAD, "mask_epochs": 1, "backdoor_ratio": 0.3})
+    train_config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=0, hflip=False, seed=0)
+    result = train_backdoor(config, "small_cnn", 0.25, train, test, train_config, tmp_path / "iad", mesh=mesh1,
+                            progress=False)
+    assert result.fit.complete and result.poisoned_indices is None
+    metrics = result.fit.history[-1]
+    assert metrics["test_acc"] > 0.8 and metrics["asr"] > 0.6, metrics
+    loaded_config, trigger = load_attack(tmp_path / "iad")
+    assert loaded_config.name == "iad"
+    x = jnp.asarray(to_float(test.images[:4]))
+    np.testing.assert_array_equal(np.asarray(trigger(x)), np.asarray(result.trigger(x)))
