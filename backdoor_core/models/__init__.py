@@ -92,7 +92,16 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 
 def init_variables(spec: ModelSpec, key: jax.Array) -> dict:
-    """Fresh variables {'params', 'batch_stats'} for `spec`."""
+    """Fresh variables {'params', 'batch_stats'} for `spec`.
+
+    Jitted as one program: op-by-op initialisation compiles every random draw separately,
+    which takes seconds per model on a CPU.
+    """
+    return _init_jitted(spec, key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_jitted(spec: ModelSpec, key: jax.Array) -> dict:
     dummy = jnp.zeros((1, *spec.image_shape), jnp.float32)
     variables = build_model(spec).init(key, dummy, train=False)
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}

@@ -1,0 +1,89 @@
+"""The DHBE loop: run jitted iterations, log, evaluate, checkpoint, resume.
+
+`erase(teacher, config, rng)` returns the purified student and its history. With a
+`run_dir`, it checkpoints the whole `DHBEState` every `checkpoint_every` iterations and
+resumes from the latest checkpoint there, ending where an uninterrupted run ends. There is no
+model selection: the final student is the result (as in the official code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from backdoor_core import rundir
+from backdoor_core.checkpoint import TrainCheckpoints
+from backdoor_core.models import ModelSpec, build_model
+from backdoor_core.sharding import check_batch_size, make_mesh, replicate
+from dhbe_jax.step import DHBEConfig, DHBEState, init_state, make_iteration, make_players
+
+
+@dataclasses.dataclass
+class EraseResult:
+    """The purified student ({'params', 'batch_stats'}, host arrays), history, final state."""
+
+    variables: dict
+    history: list[dict]
+    complete: bool
+    state: DHBEState
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_iteration(spec: ModelSpec, config: DHBEConfig, mesh):
+    """(players, jitted iteration) for a model spec, config and mesh; cached so that runs with
+    the same settings share one compiled program."""
+    players = make_players(build_model(spec), tuple(spec.image_shape), config)
+    return players, make_iteration(players, config, tuple(spec.image_shape), mesh)
+
+
+def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *,
+          eval_fn: Callable[[dict], dict] | None = None, mesh=None, run_dir: Path | None = None,
+          log_every: int = 10, eval_every: int = 100, checkpoint_every: int = 100,
+          stop_after: int | None = None, progress: bool = True) -> EraseResult:
+    """Erases the backdoor of `teacher` = (spec, variables) with DHBE (DFAD when lam = 0).
+
+    Args:
+      config: DHBE settings; rng: PRNG key for the generators and latents.
+      eval_fn: student variables -> metrics dict, run every `eval_every` iterations and at the end
+        (for plots only: never used to pick a model).
+      mesh: device mesh (default all devices); run_dir: where checkpoints and history go.
+      stop_after: stop after this many iterations (checkpointed), leaving a resumable run.
+    Returns:
+      EraseResult; `variables` is the final student.
+    """
+    spec, teacher_variables = teacher
+    config.validate(spec.image_shape)
+    mesh = mesh or make_mesh()
+    check_batch_size(config.batch_size, mesh, "DHBE batch size")
+    players, iteration = compiled_iteration(spec, config, mesh)
+    state = init_state(players, teacher_variables, config, rng)
+    checkpoints = TrainCheckpoints(Path(run_dir) / rundir.CHECKPOINTS) if run_dir else None
+    if checkpoints and checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+        rundir.truncate_history(run_dir, int(state.iteration))
+    state, teacher_variables = replicate(mesh, state), replicate(mesh, teacher_variables)
+    history = rundir.read_history(run_dir) if run_dir else []
+    start = int(state.iteration)
+    last = config.iterations if stop_after is None else min(stop_after, config.iterations)
+    for i in tqdm(range(start + 1, last + 1), desc="DHBE", initial=start, total=config.iterations,
+                  disable=not progress):
+        state, metrics = iteration(state, teacher_variables)
+        if i % log_every == 0 or i % eval_every == 0 or i == last:
+            row = {"step": i, **{k: float(v) for k, v in metrics.items()}}
+            if eval_fn is not None and (i % eval_every == 0 or i == config.iterations):
+                row.update(eval_fn(jax.device_get(state.student)))
+            history.append(row)
+            if run_dir:
+                rundir.append_history(run_dir, row)
+        if checkpoints and (i % checkpoint_every == 0 or i == last):
+            checkpoints.save(i, state)
+    if checkpoints:
+        checkpoints.close()
+    complete = int(state.iteration) >= config.iterations
+    return EraseResult(jax.device_get(state.student), history, complete, state)

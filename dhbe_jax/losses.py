@@ -1,0 +1,32 @@
+"""DHBE's losses. L1 is the mean absolute difference of raw logits, as in the official code.
+
+- D = L1(S(x), T(x)): the distillation discrepancy (G maximises it, S minimises it).
+- R = L1(S(x_p), S(x)): the trigger's effect on the student (G_p maximises it, S minimises it).
+- TV: total variation over 4 directions (horizontal, vertical, both diagonals) of images
+  [B, H, W, C]; TV1 sums the directions' mean absolute differences, TV2 their (unsquared)
+  Frobenius norms over the batch (DeepInversion's image prior, used by the DHBE code).
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def l1_logits(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Mean absolute difference of two logit arrays [B, K] (a scalar)."""
+    return jnp.mean(jnp.abs(a - b))
+
+
+def _differences(x: jax.Array):
+    """The four neighbour differences of images [B, H, W, C]."""
+    return (x[:, :, :-1] - x[:, :, 1:], x[:, :-1, :] - x[:, 1:, :],
+            x[:, 1:, :-1] - x[:, :-1, 1:], x[:, :-1, :-1] - x[:, 1:, 1:])
+
+
+def tv_l1(x: jax.Array) -> jax.Array:
+    """TV1: sum over the 4 directions of the mean absolute neighbour difference."""
+    return sum(jnp.mean(jnp.abs(d)) for d in _differences(x))
+
+
+def tv_l2(x: jax.Array) -> jax.Array:
+    """TV2: sum over the 4 directions of the Frobenius norm of the neighbour differences."""
+    return sum(jnp.sqrt(jnp.sum(d * d)) for d in _differences(x))

@@ -1,0 +1,224 @@
+"""DHBE: generators, trigger placement, each player's update, the jitted iteration against an
+eager reference, resumption, and 1 vs 4 devices."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from backdoor_core.errors import InputError
+from backdoor_core.models import ModelSpec, init_variables
+from backdoor_core.sharding import replicate
+from dhbe_jax import DHBEConfig, erase
+from dhbe_jax import generators as gens
+from dhbe_jax.erase import compiled_iteration
+from dhbe_jax.losses import l1_logits, tv_l1, tv_l2
+from dhbe_jax.step import _Forward, _generator_update, _student_update, _trigger_update, init_state
+from dhbe_jax.triggers import add_full_triggers, add_patches, pad_patches, random_positions
+
+SPEC = ModelSpec("small_cnn", 10, (28, 28, 1), 0.25, (0.13,), (0.3,))
+TINY = DHBEConfig(iterations=6, batch_size=8, student_steps=2, ngf=8, nz=16, nz_trigger=16, patch_size=3)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return SPEC, init_variables(SPEC, jax.random.PRNGKey(0))
+
+
+def tree_close(a, b, **tol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, **tol)
+
+
+def test_generator_shapes_and_ranges():
+    z = jax.random.normal(jax.random.PRNGKey(0), (6, 16))
+    for module, shape, lo, hi in [(gens.SampleGenerator((32, 32, 3), 8), (6, 32, 32, 3), 0.0, 1.0),
+                                  (gens.PatchTriggerGenerator(5, 3), (6, 5, 5, 3), -1.0, 1.0),
+                                  (gens.FullTriggerGenerator((28, 28, 1), 8), (6, 28, 28, 1), -1.0, 1.0)]:
+        params = gens.init_params(module, jax.random.PRNGKey(1), 16)
+        out = jax.jit(gens.apply_train_mode, static_argnums=0)(module, params, z)
+        assert out.shape == shape
+        assert float(out.min()) >= lo and float(out.max()) <= hi
+        assert float(out.std()) > 0.05  # not collapsed at initialisation
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_patch_lands_inside_the_image_at_every_position(per_sample):
+    h, w, p = 10, 7, 4
+    patches = jnp.ones((500, p, p, 2))
+    positions = random_positions(jax.random.PRNGKey(0), 500, (h, w), p, per_sample)
+    canvas = np.asarray(pad_patches(patches, positions, (h, w)))
+    assert np.all(canvas.sum(axis=(1, 2, 3)) == p * p * 2)  # nothing fell off the edge
+    for img, (y, x) in zip(canvas, np.asarray(positions)):
+        assert np.all(img[y:y + p, x:x + p] == 1)
+    distinct = {tuple(q) for q in np.asarray(positions)}
+    assert len(distinct) == (1 if per_sample is False else len(distinct)) and (per_sample is False or len(distinct) > 20)
+    reachable = {(y, x) for y in range(h - p + 1) for x in range(w - p + 1)}
+    assert distinct <= reachable
+
+
+def test_triggered_images_are_clipped_and_local():
+    x = jnp.full((4, 8, 8, 1), 0.5)
+    patches = jnp.ones((4, 3, 3, 1))
+    out = np.asarray(add_patches(jax.random.PRNGKey(0), x, patches))
+    assert out.max() == 1.0 and np.sum(out != 0.5) == 4 * 9
+    full = np.asarray(add_full_triggers(x, -jnp.ones_like(x), sigma=0.2 * 64))
+    np.testing.assert_allclose(full, 0.3, rtol=1e-6)
+
+
+def test_tv_losses_on_a_known_image():
+    x = jnp.zeros((1, 3, 3, 1)).at[0, 1, 1, 0].set(1.0)
+    # In each of the 4 directions the lit pixel enters exactly 2 differences, each of size 1.
+    assert float(tv_l2(x)) == pytest.approx(4 * np.sqrt(2.0))
+    assert float(tv_l1(x)) == pytest.approx(2 / 6 + 2 / 6 + 2 / 4 + 2 / 4)
+    assert float(l1_logits(jnp.ones((2, 3)), jnp.zeros((2, 3)))) == 1.0
+
+
+def _players_state(teacher, config=TINY, mesh=None):
+    from backdoor_core.sharding import make_mesh
+    mesh = mesh or make_mesh(1)
+    players, _ = compiled_iteration(SPEC, config, mesh)
+    return players, init_state(players, teacher[1], config, jax.random.PRNGKey(7)), _Forward(players, config, SPEC.image_shape, mesh)
+
+
+def test_each_player_decreases_its_own_loss(teacher):
+    config = dataclasses.replace(TINY, student_lr=0.01)
+    players, state, f = _players_state(teacher, config)
+    # Make the student differ from the teacher so that D > 0.
+    state = state.replace(student=jax.tree.map(lambda v: v * 1.1, state.student))
+    key = jax.random.PRNGKey(3)
+    kx, kt = jax.random.split(key)
+
+    def student_loss(student):
+        x = f.synthesize(state.generator, kx)
+        s, stats = f.student(student["params"], student["batch_stats"], x)
+        r, _ = f.restriction(student["params"], stats, s, f.triggered(state.trigger, kt, x))
+        return l1_logits(s, f.teacher(teacher[1], x)) + config.lam * r
+
+    def generator_loss(generator):
+        x = f.synthesize(generator, key)
+        s, _ = f.student(state.student["params"], state.student["batch_stats"], x)
+        return -l1_logits(s, f.teacher(teacher[1], x)) + config.tv_l2_weight * tv_l2(x)
+
+    def trigger_loss(trigger):
+        x = f.synthesize(state.generator, kx)
+        s, stats = f.student(state.student["params"], state.student["batch_stats"], x)
+        return -f.restriction(state.student["params"], stats, s, f.triggered(trigger, kt, x))[0]
+
+    @jax.jit
+    def before_and_after():
+        (student, _), _ = _student_update(f, state, teacher[1], (state.student, state.student_opt), key)
+        after_g, _ = _generator_update(f, state, teacher[1], key)
+        after_p, _ = _trigger_update(f, state, key)
+        return ((student_loss(state.student), student_loss(student)),
+                (generator_loss(state.generator), generator_loss(after_g.generator)),
+                (trigger_loss(state.trigger), trigger_loss(after_p.trigger)))
+
+    for before, after in before_and_after():
+        assert float(after) < float(before)
+
+
+def reference_iteration(players, config, state, teacher_vars):
+    """DHBE's iteration written out eagerly: Python loop, one value_and_grad per update."""
+    model, sigma = players.model, config.sigma(SPEC.image_shape)
+    key, k_student, k_gen, k_trig = jax.random.split(state.key, 4)
+
+    def gen(params, module, z):
+        return module.apply({"params": params}, z, mutable=["batch_stats"])[0]
+
+    def student(params, stats, x):
+        out, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+        return out, upd["batch_stats"]
+
+    def triggered(trig, key, x):
+        (kpz, kpos), (kfz, _) = [jax.random.split(k) for k in jax.random.split(key, 2)]
+        p1 = gen(trig["patch"], players.patch, jax.random.normal(kpz, (config.batch_size, config.nz_trigger)))
+        p2 = gen(trig["full"], players.full, jax.random.normal(kfz, (config.batch_size, config.nz_trigger)))
+        return [add_patches(kpos, x, p1), jnp.clip(x + sigma / (28 * 28) * p2, 0, 1)]
+
+    def restriction(params, stats, s, xs):
+        r = 0.0
+        for xp in xs:
+            sp, stats = student(params, stats, xp)
+            r = r + jnp.mean(jnp.abs(sp - jax.lax.stop_gradient(s)))
+        return r / len(xs), stats
+
+    st, opt = state.student, state.student_opt
+    for k in jax.random.split(k_student, config.student_steps):
+        kx, kt = jax.random.split(k)
+        x = gen(state.generator, players.generator, jax.random.normal(kx, (config.batch_size, config.nz)))
+        t = model.apply(teacher_vars, x, train=False)
+        xs = triggered(state.trigger, kt, x)
+
+        def loss_s(p):
+            s, stats = student(p, st["batch_stats"], x)
+            r, stats = restriction(p, stats, s, xs)
+            return jnp.mean(jnp.abs(s - t)) + config.lam * r, stats
+
+        (_, stats), g = jax.value_and_grad(loss_s, has_aux=True)(st["params"])
+        upd, opt = players.student_tx.update(g, opt, st["params"])
+        st = {"params": optax.apply_updates(st["params"], upd), "batch_stats": stats}
+
+    def loss_g(gp):
+        x = gen(gp, players.generator, jax.random.normal(k_gen, (config.batch_size, config.nz)))
+        s, stats = student(st["params"], st["batch_stats"], x)
+        return -jnp.mean(jnp.abs(s - model.apply(teacher_vars, x, train=False))) + config.tv_l2_weight * tv_l2(x), stats
+
+    (_, stats), g = jax.value_and_grad(loss_g, has_aux=True)(state.generator)
+    upd, g_opt = players.generator_tx.update(g, state.generator_opt, state.generator)
+    generator = optax.apply_updates(state.generator, upd)
+    st = {**st, "batch_stats": stats}
+    kx, kt = jax.random.split(k_trig)
+    x = gen(generator, players.generator, jax.random.normal(kx, (config.batch_size, config.nz)))
+    s, stats = student(st["params"], st["batch_stats"], x)
+    (_, stats), g = jax.value_and_grad(lambda tp: (lambda r: (-r[0], r[1]))(restriction(st["params"], stats, s, triggered(tp, kt, x))), has_aux=True)(state.trigger)
+    upd, t_opt = players.trigger_tx.update(g, state.trigger_opt, state.trigger)
+    return state.replace(iteration=state.iteration + 1, student={**st, "batch_stats": stats}, generator=generator,
+                         trigger=optax.apply_updates(state.trigger, upd), student_opt=opt, generator_opt=g_opt,
+                         trigger_opt=t_opt, key=key)
+
+
+def test_jitted_iteration_matches_eager_reference(teacher, mesh1):
+    players, iteration = compiled_iteration(SPEC, TINY, mesh1)
+    state = init_state(players, teacher[1], TINY, jax.random.PRNGKey(7))
+    expected = jax.jit(lambda s, t: reference_iteration(players, TINY, s, t))(state, teacher[1])
+    got, metrics = iteration(replicate(mesh1, state), replicate(mesh1, teacher[1]))
+    tree_close(got.student, expected.student, rtol=1e-4, atol=1e-5)
+    # Biases followed by batch norm have a zero gradient up to rounding, which Adam's first step
+    # (about lr * g / (|g| + 1e-8)) magnifies to a few 1e-4; a wrong update would move a
+    # parameter by about lr = 1e-3 or more.
+    tree_close(got.generator, expected.generator, rtol=0, atol=5e-4)
+    tree_close(got.trigger, expected.trigger, rtol=0, atol=5e-4)
+    assert set(metrics) == {"loss_student", "D", "R", "loss_G", "loss_Gp"}
+    for _ in range(2):
+        got, _ = iteration(got, replicate(mesh1, teacher[1]))
+    assert iteration._cache_size() == 1  # one compiled program, never retraced
+
+
+def test_resume_equals_uninterrupted(teacher, mesh1, tmp_path):
+    full = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "a", progress=False)
+    part = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", stop_after=4,
+                 checkpoint_every=2, log_every=1, progress=False)
+    assert not part.complete
+    resumed = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", log_every=1, progress=False)
+    assert resumed.complete
+    tree_close(full.variables, resumed.variables, rtol=0, atol=0)
+    assert [r["step"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_four_devices_match_one(teacher, mesh1, mesh4):
+    one = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, stop_after=2, progress=False)
+    four = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh4, stop_after=2, progress=False)
+    tree_close(one.variables, four.variables, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(patch_size=40), "patch_size = 40"), (dict(trigger_families=("huge",)), "trigger_families"),
+    (dict(batch_size=1), "batch_size = 1"), (dict(lam=-1.0), "lam = -1.0"),
+])
+def test_bad_configs(teacher, change, message):
+    with pytest.raises(InputError, match=message):
+        erase(teacher, dataclasses.replace(TINY, **change), jax.random.PRNGKey(0), progress=False)
