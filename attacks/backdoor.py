@@ -125,7 +125,7 @@ def train_backdoor(config: AttackConfig, model: str, width: float, train: Split,
         if attack.on_the_fly:
             transform = attack.batch_transform(config, params, trigger, train.num_classes)
         else:
-            poisoned, indices = attack.poison(train, config, trigger)
+            poisoned, indices = attack.poison(train, config, trigger, params=params, clean_model=clean_model, mesh=mesh)
             record["attack"] = {**description, "num_poisoned": len(indices)}
         result = fit(spec, poisoned, train_config, run_dir, mesh=mesh, batch_transform=transform, record=record,
                      eval_fn=backdoor_eval_fn(module, test, config, trigger, mesh),

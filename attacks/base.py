@@ -172,8 +172,13 @@ class Attack:
         """The attack's `Trigger` for images like train's (see the module docstring, step 2)."""
         raise NotImplementedError(f"attack {self.name} does not build a trigger")
 
-    def poison(self, train: Split, config: AttackConfig, trigger) -> tuple[Split, np.ndarray]:
-        """Static poisoning: (poisoned split, sorted int64 indices of the poisoned images)."""
+    def poison(self, train: Split, config: AttackConfig, trigger, *, params=None,
+               clean_model: TrainedModel | None = None, mesh=None) -> tuple[Split, np.ndarray]:
+        """Static poisoning: (poisoned split, sorted int64 indices of the poisoned images).
+
+        `params`, `clean_model` and `mesh` are there for attacks whose poisoning needs them
+        (LC perturbs its images with PGD on the clean model); the default ignores them.
+        """
         from attacks.poison import poison_split
 
         return poison_split(train, config, trigger, clean_label=self.clean_label)

@@ -16,10 +16,8 @@ Steps:
 The PGD step size and step count are this project's choice (BackdoorBench ships pre-computed
 adversarial images): 2/255 for 10 steps reaches the 16/255 budget.
 
-Interface note: `Attack.poison(train, config, trigger)` does not receive the clean model that
-step 2 needs, so this attack runs its own (standard) training in `train_backdoored`, which
-poisons with `label_consistent_poison` and then calls `backdoor_core.fit.fit` as
-`attacks.backdoor` does for static attacks.
+`attacks.backdoor.train_backdoor` hands `poison` the clean model and mesh that step 2 needs;
+training is then the standard static-poisoning loop.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from attacks.base import Attack, AttackConfig, BackdoorJob, TrainedModel
+from attacks.base import Attack, AttackConfig, TrainedModel
 from attacks.pgd import PGDConfig, make_pgd_fn, pgd_dataset
 from attacks.poison import select_poison_indices
 from attacks.triggers import Trigger
@@ -114,7 +112,6 @@ class LabelConsistent(Attack):
     params_type = LCParams
     clean_label = True
     needs_clean_model = True
-    custom_training = True  # only to receive the clean model when poisoning; see the module docstring
 
     def validate(self, config: AttackConfig, params: LCParams, image_shape, num_classes) -> None:
         super().validate(config, params, image_shape, num_classes)
@@ -135,22 +132,6 @@ class LabelConsistent(Attack):
             raise InputError("lc hardens its poisoned images with PGD on a clean model; expected a clean_model")
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
         return label_consistent_poison(train, config, params or self.params(config), trigger, clean_model, key, mesh)
-
-    def train_backdoored(self, job: BackdoorJob):
-        """Poisons with the job's clean model, then trains like a static attack: (FitResult, Trigger)."""
-        from attacks.backdoor import POISONED_INDICES, backdoor_eval_fn
-        from backdoor_core.fit import fit
-        from backdoor_core.models import build_model
-
-        trigger = self.build_trigger(job.config, job.params, job.train, job.key, job.clean_model)
-        poisoned, indices = self.poison(job.train, job.config, trigger, params=job.params,
-                                        clean_model=job.clean_model, mesh=job.mesh)
-        record = {**job.record, "attack": {**job.record.get("attack", {}), "num_poisoned": len(indices)}}
-        result = fit(job.spec, poisoned, job.train_config, job.run_dir, mesh=job.mesh, record=record,
-                     eval_fn=backdoor_eval_fn(build_model(job.spec), job.test, job.config, trigger, job.mesh),
-                     stop_after_steps=job.stop_after_steps, progress=job.progress)
-        np.save(result.run_dir / POISONED_INDICES, indices)
-        return result, trigger
 
 
 LABEL_CONSISTENT = LabelConsistent()

@@ -29,7 +29,6 @@ from backdoor_core.sharding import make_mesh
 from backdoor_core.train import TrainConfig, predict
 from experiments.common import dataclass_from_config, output_dir, run_cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/attack_base.py", "attack config file")
 EXAMPLES = "examples.png"
 
 
@@ -92,10 +91,11 @@ def run_attack(cfg) -> BackdoorResult:
     return result
 
 
-def main(argv):
-    del argv
-    run_cli(lambda: run_attack(_CONFIG.value))
+def main():
+    """Parses --config (defined here, not at import, so entry points can be imported together)."""
+    config = config_flags.DEFINE_config_file("config", "experiments/configs/attack_base.py", "attack config file")
+    app.run(lambda argv: run_cli(lambda: run_attack(config.value)))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

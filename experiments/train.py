@@ -20,8 +20,6 @@ from backdoor_core.sharding import make_mesh
 from backdoor_core.train import TrainConfig, clean_eval_fn
 from experiments.common import dataclass_from_config, output_dir, run_cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/train_base.py", "training config file")
-
 
 def train_clean(cfg) -> FitResult:
     """Loads cfg.dataset, builds cfg.model at cfg.width and trains it into cfg.out."""
@@ -41,10 +39,11 @@ def train_clean(cfg) -> FitResult:
     return result
 
 
-def main(argv):
-    del argv
-    run_cli(lambda: train_clean(_CONFIG.value))
+def main():
+    """Parses --config (defined here, not at import, so entry points can be imported together)."""
+    config = config_flags.DEFINE_config_file("config", "experiments/configs/train_base.py", "training config file")
+    app.run(lambda argv: run_cli(lambda: train_clean(config.value)))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

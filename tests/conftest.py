@@ -48,3 +48,20 @@ def random_split(n=64, shape=(32, 32, 3), num_classes=10, seed=0, name="syntheti
     images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
     labels = (np.arange(n) % num_classes).astype(np.int32)
     return Split(images, labels, tuple(str(i) for i in range(num_classes)), name)
+
+
+@pytest.fixture(scope="session")
+def badnets_run(tmp_path_factory, mnist_subset):
+    """A finished BadNets attack run (small_cnn width 0.5, 2 epochs on 3,000 shipped digits)."""
+    from experiments.attack import run_attack
+    from experiments.configs import attack_base
+
+    train, test = mnist_subset
+    keep = np.random.default_rng(0).permutation(len(train))[:3000]
+    root = tmp_path_factory.mktemp("badnets")
+    np.savez(root / "digits.npz", x_train=train.images[keep], y_train=train.labels[keep],
+             x_test=test.images, y_test=test.labels)
+    cfg = attack_base.get_config()
+    cfg.dataset, cfg.out, cfg.num_devices, cfg.width = str(root / "digits.npz"), str(root / "run"), 1, 0.5
+    cfg.train.update(dict(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=2, hflip=False, seed=3))
+    return run_attack(cfg).run_dir

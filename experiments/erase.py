@@ -1,0 +1,74 @@
+"""Erases the backdoor of an attack run with a defense, into a new run directory.
+
+  python -m experiments.erase --defense dhbe --run ~/runs/badnets_cifar10 \
+      [--config experiments/configs/erase_dhbe.py:cpu] [--config.dhbe.iterations=N] [--out DIR]
+
+Without --config the defense's own config file is used with its `paper` variant (the papers'
+settings). The output directory (default: RUN_DIR-DEFENSE) gets record.json, history.jsonl,
+checkpoints/, the purified model/, curves and sample grids. Running the same command again
+resumes an unfinished run; a finished one is never overwritten.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from backdoor_core import rundir
+from backdoor_core.errors import InputError
+from backdoor_core.sharding import make_mesh
+from experiments.common import output_dir, run_cli
+from experiments.defenses import DEFENSES
+from experiments.defenses.common import load_attack_run
+
+
+def default_config(defense: str):
+    """The `paper` variant of experiments/configs/erase_<defense>.py (DFAD shares DHBE's)."""
+    module = importlib.import_module(f"experiments.configs.erase_{'dhbe' if defense == 'dfad' else defense}")
+    return module.get_config("paper")
+
+
+def erase_run(defense: str, run: str, cfg=None, out: str | None = None) -> dict:
+    """Loads the attack run, opens the defense's run directory and runs the defense."""
+    if defense not in DEFENSES:
+        raise InputError(f"unknown defense {defense!r}; expected one of {', '.join(DEFENSES)}")
+    if not run:
+        raise InputError("no --run given; expected the directory of a finished attack run")
+    cfg = cfg if cfg is not None else default_config(defense)
+    module_name, function = DEFENSES[defense].split(":")
+    defense_fn = getattr(importlib.import_module(module_name), function)
+    attack_run = load_attack_run(output_dir(run))
+    out_dir = output_dir(out) if out else Path(str(attack_run.run_dir) + f"-{defense}")
+    mesh = make_mesh(cfg.get("num_devices"))
+    record = {"kind": "defense", "defense": defense, "teacher_run": str(attack_run.run_dir),
+              "model": attack_run.spec.to_dict(), "dataset": attack_run.record.get("dataset"),
+              "dataset_source": attack_run.dataset_source, "attack": attack_run.record.get("attack"),
+              "teacher_metrics": attack_run.teacher_metrics, "config": {"defense": _resume_relevant(cfg)}}
+    with rundir.open_run(out_dir, record) as (out_dir, _):
+        metrics = defense_fn(cfg, attack_run, out_dir, mesh)
+    shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"{defense}: {out_dir}  {shown or metrics}")
+    return metrics
+
+
+def _resume_relevant(cfg) -> dict:
+    """The config as recorded for the resume check: session-length settings may differ."""
+    settings = cfg.to_dict()
+    settings.pop("stop_after", None)
+    return settings
+
+
+def main():
+    """Parses the flags (defined here, not at import, so entry points can be imported together)."""
+    defense = flags.DEFINE_string("defense", None, f"one of {', '.join(DEFENSES)}")
+    run = flags.DEFINE_string("run", None, "the attack run directory to purify")
+    out = flags.DEFINE_string("out", None, "output run directory (default RUN-DEFENSE)")
+    config = config_flags.DEFINE_config_file("config", None, "defense config file[:variant]")
+    app.run(lambda argv: run_cli(lambda: erase_run(defense.value, run.value, config.value, out.value)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The erase entry point: DHBE and DFAD on a finished attack run write complete run directories;
+bad input gives one clear error and leaves nothing behind."""
+
+import json
+
+import pytest
+
+from backdoor_core import rundir
+from backdoor_core.errors import InputError
+from experiments.configs import erase_dhbe
+from experiments.erase import erase_run
+
+
+def smoke(iterations=6):
+    cfg = erase_dhbe.get_config("smoke")
+    cfg.num_devices = 1
+    cfg.dhbe.iterations = iterations
+    cfg.eval_every = cfg.checkpoint_every = 3
+    return cfg
+
+
+@pytest.mark.parametrize("defense", ["dhbe", "dfad"])
+def test_dhbe_and_dfad_write_a_complete_run(badnets_run, tmp_path, defense):
+    out = tmp_path / defense
+    metrics = erase_run(defense, str(badnets_run), smoke(), str(out))
+    assert {"test_acc", "asr", "asr_strict", "ra", "der"} <= set(metrics)
+    record = rundir.read_record(out)
+    assert record["status"] == "complete" and record["defense"] == defense
+    assert record["teacher_run"] == str(badnets_run) and record["metrics"] == metrics
+    assert record["config"]["defense"]["dhbe"]["iterations"] == 6
+    spec, _, _ = rundir.load_model(out)
+    assert spec.name == "small_cnn"
+    pictures = {"metrics.png", "losses.png", "synthetic_samples.png"}
+    pictures |= {"patch_triggers.png", "full_triggers.png"} if defense == "dhbe" else set()
+    assert pictures <= {p.name for p in out.iterdir()}
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history if "asr" in r] == [3, 6]
+    if defense == "dfad":  # distillation only: no trigger generator, no R
+        assert all(r["R"] == 0.0 and r["loss_Gp"] == 0.0 for r in history)
+    with pytest.raises(InputError, match="holds a finished run"):
+        erase_run(defense, str(badnets_run), smoke(), str(out))
+
+
+def test_bad_erase_input(badnets_run, tmp_path, mnist_subset):
+    with pytest.raises(InputError, match="unknown defense 'nope'"):
+        erase_run("nope", str(badnets_run), smoke(), str(tmp_path / "a"))
+    with pytest.raises(InputError, match="not a run directory"):
+        erase_run("dhbe", str(tmp_path), smoke(), str(tmp_path / "b"))
+    cfg = smoke()
+    cfg.dhbe.patch_size = 99
+    with pytest.raises(InputError, match="patch_size = 99"):
+        erase_run("dhbe", str(badnets_run), cfg, str(tmp_path / "c"))
+    assert not any((tmp_path / n).exists() for n in "abc")
