@@ -26,13 +26,17 @@ def output_dir(path: str) -> Path:
     return Path(path).expanduser()
 
 
-def run_cli(fn: Callable[[], object]) -> object:
-    """Runs `fn`; bad input exits with one line 'error: ...' and status 2, not a traceback."""
+def run_cli(fn: Callable[[], object]) -> None:
+    """Runs `fn` for a command line; bad input exits with one line 'error: ...' and status 2.
+
+    Returns None, so that absl's app.run exits with status 0 (it passes a returned object to
+    sys.exit, which prints it and exits with 1).
+    """
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
     try:
-        return fn()
+        fn()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

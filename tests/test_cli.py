@@ -15,14 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_train_cli_on_shipped_data(tmp_path):
-    cfg = train_base.get_config()
-    cfg.width = 0.25
-    cfg.num_devices = 1
-    cfg.train.epochs = 1
-    cfg.out = str(tmp_path / "run")
-    result = train_clean(cfg)
-    assert result.complete
-    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config.width=0.25", "--config.num_devices=1",
+                           "--config.train.epochs=1", f"--config.out={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"finished: {out}" in proc.stdout
+    record = json.loads((out / "record.json").read_text())
     assert record["model"]["name"] == "small_cnn" and record["dataset"] == "mnist_subset"
     assert record["metrics"]["test_acc"] > 0.7
 
