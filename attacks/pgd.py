@@ -169,7 +169,10 @@ def pgd(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, key: jax.Arra
         x = random_start(key, x0, config)
     else:
         x = x0
-    x = jax.lax.fori_loop(0, int(config.steps), lambda _, x: pgd_step(logits_fn, x, x0, labels, config), x)
+    # Unrolled at compile time: XLA:CPU runs the convolutions of a rolled loop body several
+    # times slower (7 PBE steps of PreAct-ResNet-18/4, batch 128: 14.4 s rolled, 2.3 s unrolled).
+    x = jax.lax.fori_loop(0, int(config.steps), lambda _, x: pgd_step(logits_fn, x, x0, labels, config), x,
+                          unroll=True)
     return jax.lax.stop_gradient(x)
 
 

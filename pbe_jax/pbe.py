@@ -1,0 +1,229 @@
+"""PBE: Progressive Backdoor Erasing (Mu, Niu, Wang, Wang, Jin, Hua, CVPR 2023; arXiv 2202.06312).
+
+Setting: the defender holds the backdoored model and its poisoned training set (not knowing
+which images are poisoned) and no clean set. Algorithm (`pbe`), as in the official code:
+  1. Start subset: a uniformly random 5% of the training set (`initial_fraction`).
+  2. Logits z^0 of the backdoored model on every training image, no augmentation, once.
+  3. For round r = 0 .. R-1 (R = 1 + len(keep_fractions) = 4), never resetting the model:
+     a. fine-tune on the current subset for `epochs_per_round` (10) epochs with SGD (lr 1e-3
+        constant, momentum 0.9, wd 5e-4, batch 128) on CE of the assigned labels, where
+        round 0 replaces every minibatch by its PGD adversarial examples and later rounds
+        only the first `later_adversarial_batches` (31) minibatches of their first epoch
+        (`pbe_jax.finetune`);
+     b. evaluate (eval_fn: C-Acc, ASR, RA) and log the subset's size and, for diagnosis only,
+        its true poison share;
+     c. unless it is the last round: score every training image s_i = 1/2 + 1/2 cos(z_i^0,
+        z_i^t) and keep the top keep_fractions[r] (20%, 50%, 70%) as the next subset
+        (`pbe_jax.selection`);
+     d. checkpoint the training state (a re-run resumes after the last finished round).
+  4. Return the purified model (the official code never saves it and errors after the last
+     round; here the caller saves it).
+The optimiser state (momentum) carries over between rounds, as the model does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from backdoor_core import rundir
+from backdoor_core.checkpoint import TrainCheckpoints
+from backdoor_core.data import Split
+from backdoor_core.errors import InputError
+from backdoor_core.sharding import check_batch_size, make_mesh, replicate
+from backdoor_core.train import EvalFn, TrainState, create_train_state, predict_logits
+from pbe_jax.finetune import AdversarialSchedule, FinetuneConfig, finetune_epochs, make_trainer
+from pbe_jax.selection import (consistency_scores, poison_stats, random_subset, score_stats,
+                               select_clean_subset, subset_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class PBEConfig(FinetuneConfig):
+    """PBE settings (defaults: the official code's); optimiser, PGD, augmentation: `FinetuneConfig`.
+
+    Attributes:
+      initial_fraction: share of the training set in the random start subset.
+      keep_fractions: shares kept after rounds 0, 1, ...; strictly increasing, each above
+        initial_fraction. Their number fixes the rounds: R = 1 + len(keep_fractions).
+      epochs_per_round: fine-tuning epochs on the subset in every round (from round 1 on when
+        first_round_epochs is set).
+      first_round_epochs: epochs of round 0 (None: epochs_per_round, the official setting).
+      first_round_adversarial_epochs: leading epochs of round 0 with every minibatch
+        adversarial (None: all of them, the official setting).
+      later_adversarial_batches: adversarial minibatches at the start of rounds >= 1.
+      seed: start subset, batch order, augmentation and PGD keys.
+    """
+
+    initial_fraction: float = 0.05
+    keep_fractions: tuple[float, ...] = (0.2, 0.5, 0.7)
+    epochs_per_round: int = 10
+    first_round_epochs: int | None = None
+    first_round_adversarial_epochs: int | None = None
+    later_adversarial_batches: int = 31
+    seed: int = 0
+
+    @property
+    def rounds(self) -> int:
+        return 1 + len(self.keep_fractions)
+
+    def round_epochs(self, round_index: int) -> range:
+        """Global indices of the epochs of round `round_index` (they seed its batch orders)."""
+        first = self.epochs_per_round if self.first_round_epochs is None else self.first_round_epochs
+        if round_index == 0:
+            return range(first)
+        start = first + (round_index - 1) * self.epochs_per_round
+        return range(start, start + self.epochs_per_round)
+
+    def schedule(self, round_index: int) -> AdversarialSchedule:
+        """Which minibatches of round `round_index` are adversarial."""
+        if round_index == 0:
+            all_epochs = len(self.round_epochs(0))
+            first = all_epochs if self.first_round_adversarial_epochs is None else self.first_round_adversarial_epochs
+            return AdversarialSchedule(epochs=first)
+        return AdversarialSchedule(epochs=0, batches=self.later_adversarial_batches)
+
+    def validate(self, num_images: int | None = None) -> "PBEConfig":
+        """Returns self, or raises InputError naming the first bad setting (sizes need num_images)."""
+        self.validate_finetune()
+        fractions = (self.initial_fraction, *self.keep_fractions)
+        if not all(0 < f <= 1 for f in fractions):
+            raise InputError(f"PBE: subset fractions {fractions} (initial_fraction, *keep_fractions); expected each in (0, 1]")
+        if any(b <= a for a, b in zip(fractions, fractions[1:])):
+            raise InputError(f"PBE: subset fractions {fractions} (initial_fraction, *keep_fractions) do not increase; "
+                             "expected a strictly increasing sequence (the clean subset grows each round)")
+        checks = [(self.epochs_per_round >= 1, "epochs_per_round", "at least 1"),
+                  (self.first_round_epochs is None or self.first_round_epochs >= 1, "first_round_epochs",
+                   "at least 1 or None (epochs_per_round)"),
+                  (self.first_round_adversarial_epochs is None or self.first_round_adversarial_epochs >= 0,
+                   "first_round_adversarial_epochs", "non-negative or None (all)"),
+                  (self.later_adversarial_batches >= 0, "later_adversarial_batches", "non-negative")]
+        for ok, name, expected in checks:
+            if not ok:
+                raise InputError(f"PBE: {name} = {getattr(self, name)!r}; expected {expected}")
+        if num_images is not None:
+            smallest = subset_size(num_images, self.initial_fraction)
+            if smallest < self.batch_size:
+                raise InputError(f"PBE: initial_fraction {self.initial_fraction} of {num_images} training images gives "
+                                 f"a subset of {smallest}, fewer than one batch of {self.batch_size}; expected a larger "
+                                 "fraction, more images or a smaller batch_size")
+        return self
+
+
+def pbe(model: nn.Module, variables: dict, train: Split, config: PBEConfig = PBEConfig(), *,
+        eval_fn: EvalFn | None = None, mesh=None, run_dir: Path | None = None,
+        ground_truth: np.ndarray | None = None, stop_after_rounds: int | None = None,
+        progress: bool = True) -> tuple[dict, list[dict]]:
+    """Erases the backdoor of `model` with `variables` using its poisoned training split `train`.
+
+    Args:
+      model: the flax classifier; variables: its backdoored {'params', 'batch_stats'}.
+      train: the poisoned training split (uint8 images, assigned labels).
+      config: PBE settings; augment.hflip None takes the dataset's default.
+      eval_fn: variables -> metrics dict (e.g. C-Acc, ASR, RA), run at the start and after each
+        round, for the log only (never used to select anything).
+      mesh: device mesh (default all devices); run_dir: where checkpoints/ and history.jsonl go
+        (a run_dir holding a checkpoint is resumed after its last finished round).
+      ground_truth: indices of the truly poisoned images, for diagnostics only.
+      stop_after_rounds: stop (checkpointed) once this many rounds are done.
+    Returns:
+      (variables after the last round run, history rows). Rows have 'event' in {'start',
+      'epoch', 'round'}; round rows hold eval metrics and subset statistics.
+    """
+    config = dataclasses.replace(config, augment=config.augment.resolve(train)).validate(len(train))
+    _check_ground_truth(ground_truth, len(train))
+    mesh = mesh or make_mesh()
+    check_batch_size(config.batch_size, mesh)
+    trainer = make_trainer(model, config.finetune_config(), mesh)
+    z0 = predict_logits(model, variables, train.images, mesh=mesh)
+    state = create_train_state(variables, trainer.tx, config.seed)
+    checkpoints = TrainCheckpoints(Path(run_dir) / rundir.CHECKPOINTS) if run_dir else None
+    done, state = _resume(checkpoints, state, run_dir)
+    history = rundir.read_history(run_dir) if run_dir else []
+    log = _logger(history, run_dir)
+    if done == 0:
+        subset = random_subset(len(train), config.initial_fraction, config.seed)
+        log({"event": "start", "rounds_done": 0, "step": 0, "next_subset_size": len(subset),
+             **_prefixed(poison_stats(subset, ground_truth), "next_"), **(eval_fn(variables) if eval_fn else {})})
+    else:
+        subset = _select(model, jax.device_get(state.variables()), train, z0, config.keep_fractions[done - 1], mesh)
+    state = replicate(mesh, state)
+    last = config.rounds if stop_after_rounds is None else min(stop_after_rounds, config.rounds)
+    for r in range(done, last):
+        state, subset = _round(r, trainer, state, train, subset, z0, model, config, mesh, eval_fn,
+                               ground_truth, log, progress)
+        if checkpoints:
+            checkpoints.save(r + 1, state)
+    if checkpoints:
+        checkpoints.close()
+    return jax.device_get(state.variables()), history
+
+
+def _round(r: int, trainer, state: TrainState, train: Split, subset: np.ndarray, z0: np.ndarray, model,
+           config: PBEConfig, mesh, eval_fn, ground_truth, log, progress: bool):
+    """Steps 3a-3c for round r: returns (state, next subset)."""
+    epochs = config.round_epochs(r)
+    rows = []
+
+    def on_epoch(epoch, state, row):
+        rows.append(row)
+        log({"event": "epoch", "round": r, **row})
+
+    state = finetune_epochs(trainer, state, train.subset(subset), epochs=epochs, schedule=config.schedule(r),
+                            batch_size=config.batch_size, seed=config.seed, mesh=mesh, origin=epochs.start,
+                            on_epoch=on_epoch, progress=progress, desc=f"PBE round {r} ")
+    variables = jax.device_get(state.variables())
+    row = {"event": "round", "round": r, "rounds_done": r + 1, "step": int(state.step), "subset_size": len(subset),
+           **poison_stats(subset, ground_truth), "train_loss": rows[-1]["train_loss"],
+           "adversarial_batches": sum(x["adversarial_batches"] for x in rows), **(eval_fn(variables) if eval_fn else {})}
+    if r + 1 < config.rounds:
+        scores = consistency_scores(z0, predict_logits(model, variables, train.images, mesh=mesh))
+        subset = select_clean_subset(scores, config.keep_fractions[r])
+        row.update(next_subset_size=len(subset), **_prefixed(poison_stats(subset, ground_truth), "next_"),
+                   **score_stats(scores, ground_truth))
+    log(row)
+    return state, subset
+
+
+def _select(model, variables, train: Split, z0, fraction: float, mesh) -> np.ndarray:
+    """Step 3c with the current model's logits."""
+    return select_clean_subset(consistency_scores(z0, predict_logits(model, variables, train.images, mesh=mesh)), fraction)
+
+
+def _resume(checkpoints: TrainCheckpoints | None, state: TrainState, run_dir) -> tuple[int, TrainState]:
+    """(rounds finished, state) from the latest checkpoint, dropping history rows written after it."""
+    if checkpoints is None:
+        return 0, state
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    done = checkpoints.latest_step()
+    if done is None:
+        rundir.truncate_history(run_dir, -1)  # rows of an attempt that saved nothing are redone
+        return 0, state
+    state = checkpoints.restore(state)
+    rundir.truncate_history(run_dir, int(state.step))
+    return int(done), state
+
+
+def _logger(history: list, run_dir):
+    """A function row -> None appending to `history` and, with a run_dir, to its history.jsonl."""
+    def log(row: dict) -> None:
+        history.append(row)
+        if run_dir:
+            rundir.append_history(run_dir, row)
+    return log
+
+
+def _prefixed(d: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in d.items()}
+
+
+def _check_ground_truth(indices, n: int) -> None:
+    if indices is None:
+        return
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or (len(indices) and (indices.min() < 0 or indices.max() >= n)):
+        raise InputError(f"PBE: ground_truth has shape {indices.shape}, dtype {indices.dtype}; expected integer "
+                         f"indices into the {n} training images")

@@ -1,0 +1,161 @@
+"""PBE / AFT / detection: selection, PGD inside the step, resume, sharding, detection, bad input."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attacks.backdoor import train_backdoor
+from attacks.base import AttackConfig
+from attacks.pgd import PGDConfig, model_logits_fn, pgd
+from backdoor_core.augment import to_float
+from backdoor_core.errors import InputError
+from backdoor_core.fit import fit
+from backdoor_core.models import build_model, spec_for_data
+from backdoor_core.sharding import replicate, shard_batch
+from backdoor_core.train import TrainConfig, create_train_state
+from pbe_jax import (AFTConfig, AugmentConfig, DetectConfig, PBEConfig, aft, consistency_scores, detect, make_trainer,
+                     pbe, pbe_augment, rotate, select_clean_subset)
+from pbe_jax.finetune import sgd_update
+
+# One fine-tuning setting for every test, so each mesh compiles the step once.
+TINY = dict(batch_size=32, pgd=PGDConfig(eps=0.1, alpha=0.03, steps=2), augment=AugmentConfig(hflip=False))
+PBE_TINY = PBEConfig(initial_fraction=0.1, keep_fractions=(0.3,), epochs_per_round=1, later_adversarial_batches=1, **TINY)
+# A larger budget than PBE's 6/255: MNIST digits are far apart in pixel space.
+DETECT = DetectConfig(pgd=PGDConfig(eps=0.1, alpha=0.03, steps=5), num_images=120, batch_size=120)
+
+
+@pytest.fixture(scope="module")
+def data(mnist_subset):
+    """(train 3000, test 500) random digits of the shipped subset."""
+    train, test = mnist_subset
+    rng = np.random.default_rng(0)
+    return train.subset(rng.permutation(len(train))[:3000]), test.subset(rng.permutation(len(test))[:500])
+
+
+@pytest.fixture(scope="module")
+def backdoored(data, mesh1, tmp_path_factory):
+    """(module, variables, poisoned indices, metrics) of a Blended (alpha 0.2, noise) small_cnn 0.5,
+    target 0, 2 epochs. Blended rather than BadNets: a 3x3 white patch on MNIST's black corner is
+    out of reach of a small L-inf ball, and adversarial examples of such a model do not pile into
+    the target (measured: top share 0.18-0.22 at eps 0.3-0.5, as for a clean model)."""
+    train, test = data
+    config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=0, hflip=False)
+    result = train_backdoor(AttackConfig(name="blended", target=0, poison_ratio=0.1), "small_cnn", 0.5, train, test,
+                            config, tmp_path_factory.mktemp("pbe") / "blended", mesh=mesh1, progress=False)
+    spec = spec_for_data("small_cnn", train.images, train.num_classes, 0.5)
+    return build_model(spec), result.fit.variables, result.poisoned_indices, result.fit.history[-1]
+
+
+def test_selection_ranks_a_constructed_case():
+    z0 = np.array([[3.0, 0, 0], [0, 2, 0], [0, 0, 1], [1, 1, 0], [2, 0, 0], [0, 5, 0]])
+    zt = np.array([[6.0, 0, 0], [0, 2, 0.1], [0, 0, -1], [1, -1, 0], [0, 2, 0], [0, 4, 1]])
+    scores = consistency_scores(z0, zt)
+    assert scores[0] == pytest.approx(1.0) and scores[2] == pytest.approx(0.0)
+    assert scores[3] == pytest.approx(0.5) and scores[4] == pytest.approx(0.5)
+    # Unmoved directions rank first, a reversed one last; ties (3, 4) break by index.
+    assert select_clean_subset(scores, 0.5).tolist() == [0, 1, 5]
+    assert select_clean_subset(scores, 4 / 6).tolist() == [0, 1, 3, 5]
+    assert select_clean_subset(scores, 1.0).tolist() == list(range(6))
+
+
+def test_rotation_and_augmentation():
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    np.testing.assert_allclose(rotate(x, jnp.zeros(2)), x, atol=1e-6)
+    quarter = rotate(x, jnp.full(2, np.pi / 2))
+    np.testing.assert_allclose(quarter, jnp.rot90(x, 1, axes=(1, 2)), atol=1e-5)  # image-coordinates convention
+    out = pbe_augment(jax.random.PRNGKey(1), x, AugmentConfig(hflip=True))
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert not np.allclose(out, x)
+
+
+def test_pgd_inside_the_step_matches_standalone(data, backdoored, mesh1):
+    model, variables, _, _ = backdoored
+    config = PBEConfig(**TINY)
+    trainer = make_trainer(model, config, mesh1)
+    state = replicate(mesh1, create_train_state(variables, trainer.tx, seed=3))
+    images, labels = shard_batch(mesh1, data[0].images[:32], data[0].labels[:32])
+    next_key, key = jax.random.split(state.key)
+    aug_key, pgd_key = jax.random.split(key)
+    augmented = pbe_augment(aug_key, to_float(images), config.augment)
+    expected = jax.jit(lambda v, x, y: pgd(model_logits_fn(model, v), x, y, pgd_key, config.pgd))(variables, augmented, labels)
+    got = trainer.inputs(state, images, labels, np.bool_(True))
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # separately compiled: rounding only
+    np.testing.assert_allclose(trainer.inputs(state, images, labels, np.bool_(False)), augmented, atol=1e-5)
+    assert float(jnp.abs(got - augmented).max()) > 0.05  # the attack moved the batch
+
+    copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731 (the step donates its state)
+    stepped, _ = trainer.step(copy(state), images, labels, np.bool_(True))
+    reference, _ = jax.jit(lambda s, x, y: sgd_update(model, trainer.tx, s, x, y))(copy(state).replace(key=next_key), expected, labels)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), stepped.params, reference.params)
+    trainer.step(copy(state), images, labels, np.bool_(False))
+    assert trainer.step._cache_size() == 1  # adversarial and plain steps share one program
+
+
+def test_pbe_resumes_equal_and_shards(data, backdoored, mesh1, mesh4, tmp_path):
+    train = data[0].subset(np.arange(640))
+    model, variables, poisoned, _ = backdoored
+    truth = poisoned[poisoned < 640]
+    full, history = pbe(model, variables, train, PBE_TINY, mesh=mesh1, run_dir=tmp_path / "a", ground_truth=truth,
+                        eval_fn=lambda v: {"marker": 1.0}, progress=False)
+    rounds = [r for r in history if r["event"] == "round"]
+    assert [r["subset_size"] for r in rounds] == [64, 192]
+    assert rounds[0]["adversarial_batches"] == 2 and rounds[1]["adversarial_batches"] == 1
+    assert {"subset_poison_share", "next_subset_poison_share", "marker"} <= set(rounds[0])
+
+    _, partial = pbe(model, variables, train, PBE_TINY, mesh=mesh1, run_dir=tmp_path / "b", stop_after_rounds=1,
+                     progress=False)
+    assert [r["rounds_done"] for r in partial if r["event"] == "round"] == [1]
+    resumed, history_b = pbe(model, variables, train, PBE_TINY, mesh=mesh1, run_dir=tmp_path / "b", progress=False)
+    jax.tree.map(np.testing.assert_array_equal, resumed, full)
+    assert [r["event"] for r in history_b] == ["start", "epoch", "round", "epoch", "round"]
+
+    sharded, history4 = pbe(model, variables, train, PBE_TINY, mesh=mesh4, ground_truth=truth, progress=False)
+    assert [r["subset_size"] for r in history4 if r["event"] == "round"] == [64, 192]
+    assert [r.get("subset_poisoned") for r in history4 if r["event"] == "round"] == [r["subset_poisoned"] for r in rounds]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), sharded, full)
+
+
+def test_aft_schedule(data, backdoored, mesh1):
+    model, variables, _, _ = backdoored
+    config = AFTConfig(epochs=2, adversarial_epochs=1, **TINY)
+    _, history = aft(model, variables, data[1].subset(np.arange(96)), config, mesh=mesh1,
+                     eval_fn=lambda v: {"marker": 1.0}, progress=False)
+    epochs = [r for r in history if r["event"] == "epoch"]
+    assert [r["adversarial_batches"] for r in epochs] == [3, 0] and all("marker" in r for r in epochs)
+
+
+def test_detection_finds_the_target(data, backdoored, mesh1, tmp_path):
+    train, test = data
+    model, variables, _, metrics = backdoored
+    assert metrics["asr"] > 0.9
+    backdoored = detect(model, variables, test.images, DETECT, mesh=mesh1)
+    spec = spec_for_data("small_cnn", train.images, train.num_classes, 0.5)
+    clean = fit(spec, train, TrainConfig(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=0, hflip=False),
+                tmp_path / "clean", mesh=mesh1, progress=False)
+    honest = detect(model, clean.variables, test.images, DETECT, mesh=mesh1)
+    assert backdoored.suspected_target == 0
+    assert backdoored.concentration > honest.concentration + 0.2
+    assert backdoored.counts.sum() <= backdoored.num_images == 120
+
+
+def test_bad_input_is_one_clear_error(data, backdoored, mesh1):
+    with pytest.raises(InputError, match="do not increase"):
+        PBEConfig(keep_fractions=(0.5, 0.2)).validate()
+    with pytest.raises(InputError, match=r"expected each in \(0, 1\]"):
+        PBEConfig(keep_fractions=(0.2, 1.5)).validate()
+    with pytest.raises(InputError, match="fewer than one batch"):
+        PBEConfig(initial_fraction=0.001).validate(1000)
+    with pytest.raises(InputError, match="is empty"):
+        select_clean_subset(np.ones(10), 0.01)
+    with pytest.raises(InputError, match="adversarial_epochs"):
+        AFTConfig(epochs=2, adversarial_epochs=3).validate()
+    model, variables, _, _ = backdoored
+    with pytest.raises(InputError, match="fewer than one batch"):
+        pbe(model, variables, data[0].subset(np.arange(100)), PBE_TINY, mesh=mesh1, progress=False)
+    with pytest.raises(InputError, match="ground_truth"):
+        pbe(model, variables, data[0].subset(np.arange(640)), PBE_TINY, mesh=mesh1, ground_truth=np.array([700]))
+    with pytest.raises(InputError, match="PGD config"):
+        dataclasses.replace(PBE_TINY, pgd=PGDConfig(eps=-1, alpha=0.1, steps=1)).validate()
