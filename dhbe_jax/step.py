@@ -5,7 +5,7 @@ Restricted Adversarial Distillation", AsiaCCS 2023 (arXiv 2306.08009). Values fr
 authors' code; see ../shared/methods/DHBE.md.
 
 One DHBE iteration (`make_iteration`, one compiled program, state donated):
-  1. `student_steps` (5) student updates, as a `lax.scan`; each draws fresh z and z2:
+  1. `student_steps` (5) student updates, as an (unrolled) `lax.scan`; each draws fresh z, z2:
        x = G(z) (no gradient), teacher logits T(x), student logits S(x);
        D = L1(S(x), T(x)); x_p = x + trigger (each family: patch at a random position, or a
        full-image pattern scaled by sigma/(H*W)), clipped to [0, 1];
@@ -287,7 +287,9 @@ def make_iteration(players: Players, config: DHBEConfig, image_shape, mesh):
         key, k_student, k_gen, k_trig = jax.random.split(state.key, 4)
         step_keys = jax.random.split(k_student, config.student_steps)
         update = lambda carry, k: _student_update(f, state, teacher, carry, k)
-        (student, opt), m = jax.lax.scan(update, (state.student, state.student_opt), step_keys)
+        # Unrolled at compile time: XLA:CPU ran the rolled scan body 7x slower (measured:
+        # 25 s vs 3.5 s per iteration, small CNN, batch 64); on GPUs it only costs compile time.
+        (student, opt), m = jax.lax.scan(update, (state.student, state.student_opt), step_keys, unroll=True)
         state = state.replace(student=student, student_opt=opt)
         state, loss_g = _generator_update(f, state, teacher, k_gen)
         loss_gp = jnp.zeros(())
