@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from backdoor_core.errors import CheckpointError

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
 from backdoor_core import rundir

@@ -142,6 +142,26 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def sgd_update(model: nn.Module, tx: optax.GradientTransformation, state: TrainState, x: jax.Array,
+               labels: jax.Array) -> tuple[TrainState, dict]:
+    """One optimiser step on CE(model(x, train=True), labels), batch statistics updated.
+
+    x: float images [B, H, W, C] in [0, 1]; labels: int [B]. Returns the state with step + 1
+    (its key unchanged) and metrics {'loss': mean loss, 'correct': correct predictions}.
+    """
+
+    def loss_fn(params):
+        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                      train=True, mutable=["batch_stats"])
+        return cross_entropy(logits, labels), (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          batch_stats=batch_stats, opt_state=opt_state)
+    return state, {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == labels)}
+
+
 BatchTransform = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
@@ -159,18 +179,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh, *,
         x = crop_and_flip(aug_key, to_float(images), crop_padding, hflip)
         if batch_transform is not None:
             x, labels = batch_transform(transform_key, x, labels)
-
-        def loss_fn(params):
-            logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                                          train=True, mutable=["batch_stats"])
-            return cross_entropy(logits, labels), (logits, updates["batch_stats"])
-
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  batch_stats=batch_stats, opt_state=opt_state, key=key)
-        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-        return new_state, {"loss": loss, "correct": correct}
+        new_state, metrics = sgd_update(model, tx, state, x, labels)
+        return new_state.replace(key=key), metrics
 
     rep = replicated(mesh)
     return jax.jit(train_step, donate_argnums=0, out_shardings=(rep, rep))

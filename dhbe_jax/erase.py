@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
 from backdoor_core import rundir

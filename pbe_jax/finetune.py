@@ -38,7 +38,7 @@ from backdoor_core.augment import random_crop, random_flip, to_float
 from backdoor_core.data import Split, batch_indices, default_augmentation, steps_per_epoch
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import check_batch_size, replicated, shard_batch
-from backdoor_core.train import TrainConfig, TrainState, cross_entropy, make_optimizer
+from backdoor_core.train import TrainConfig, TrainState, make_optimizer, sgd_update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,21 +182,6 @@ def training_inputs(model: nn.Module, config: FinetuneConfig, variables: dict, k
     x = pbe_augment(aug_key, to_float(images), config.augment)
     attack = lambda x: pgd(model_logits_fn(model, variables), x, labels, pgd_key, config.pgd)  # noqa: E731
     return jax.lax.cond(adversarial, attack, lambda x: x, x)
-
-
-def sgd_update(model: nn.Module, tx: optax.GradientTransformation, state: TrainState, x: jax.Array,
-               labels: jax.Array) -> tuple[TrainState, dict]:
-    """Step 4: one SGD step on CE(model(x, train=True), labels); metrics {'loss', 'correct'}."""
-    def loss_fn(params):
-        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                                      train=True, mutable=["batch_stats"])
-        return cross_entropy(logits, labels), (logits, updates["batch_stats"])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          batch_stats=batch_stats, opt_state=opt_state)
-    return state, {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == labels)}
 
 
 class Trainer(NamedTuple):

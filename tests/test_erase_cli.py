@@ -14,7 +14,7 @@ from experiments.erase import erase_run
 def smoke(iterations=6):
     cfg = erase_dhbe.get_config("smoke")
     cfg.num_devices = 1
-    cfg.dhbe.iterations = iterations
+    cfg.dhbe.update(dict(iterations=iterations, batch_size=8, student_steps=2, ngf=8, nz=16, nz_trigger=16))
     cfg.eval_every = cfg.checkpoint_every = 3
     return cfg
 

@@ -17,23 +17,34 @@ def spec(name, width=0.25, classes=10):
 
 
 def count(tree):
-    return sum(x.size for x in jax.tree.leaves(tree))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_gives_logits_and_features(name):
+    # Shapes by abstract evaluation (no compilation), so every architecture is checked quickly.
     s = spec(name, classes=7)
-    variables = init_variables(s, jax.random.PRNGKey(0))
-    x = jnp.ones((2, *s.image_shape))
-    logits, state = build_model(s).apply(variables, x, mutable=["intermediates"])
+    variables = jax.eval_shape(lambda: init_variables(s, jax.random.PRNGKey(0)))
+    x = jax.ShapeDtypeStruct((2, *s.image_shape), jnp.float32)
+    logits, state = jax.eval_shape(lambda v, x: build_model(s).apply(v, x, mutable=["intermediates"]), variables, x)
     assert logits.shape == (2, 7)
     assert state["intermediates"]["features"][0].shape[0] == 2
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "preact_resnet18"])
+def test_forward_pass_is_finite_and_train_mode_updates_batch_stats(name):
+    s = spec(name, classes=7)
+    variables = init_variables(s, jax.random.PRNGKey(0))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, *s.image_shape))
+    logits, updates = jax.jit(lambda v, x: build_model(s).apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
     assert bool(jnp.all(jnp.isfinite(logits)))
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], updates["batch_stats"])
+    assert all(jax.tree.leaves(changed))
 
 
 def test_width_multiplier_scales_channels():
-    small = count(init_variables(spec("preact_resnet18", 0.25), jax.random.PRNGKey(0))["params"])
-    full = count(init_variables(spec("preact_resnet18", 1.0), jax.random.PRNGKey(0))["params"])
+    small = count(jax.eval_shape(lambda: init_variables(spec("preact_resnet18", 0.25), jax.random.PRNGKey(0)))["params"])
+    full = count(jax.eval_shape(lambda: init_variables(spec("preact_resnet18", 1.0), jax.random.PRNGKey(0)))["params"])
     assert 11.0e6 < full < 11.3e6  # PreAct-ResNet-18 has 11.17M parameters at width 1
     assert 12 < full / small < 17  # conv weights scale with width squared
 

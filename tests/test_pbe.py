@@ -18,7 +18,7 @@ from backdoor_core.sharding import replicate, shard_batch
 from backdoor_core.train import TrainConfig, create_train_state
 from pbe_jax import (AFTConfig, AugmentConfig, DetectConfig, PBEConfig, aft, consistency_scores, detect, make_trainer,
                      pbe, pbe_augment, rotate, select_clean_subset)
-from pbe_jax.finetune import sgd_update
+from backdoor_core.train import sgd_update
 
 # One fine-tuning setting for every test, so each mesh compiles the step once.
 TINY = dict(batch_size=32, pgd=PGDConfig(eps=0.1, alpha=0.03, steps=2), augment=AugmentConfig(hflip=False))

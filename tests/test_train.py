@@ -5,7 +5,6 @@ import shutil
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from backdoor_core import rundir
