@@ -3,13 +3,16 @@
 All generators run with batch-norm in training mode (batch statistics), as in the DFAD/DHBE
 code; their running averages are never read, so they are not kept.
 
-- `SampleGenerator` (G, the DFAD generator): z [B, nz] -> images [B, H, W, C] in (0, 1).
+- `SampleGenerator` (G, the DFAD generator): z [B, nz] -> images [B, H, W, C] in [0, 1].
   Linear(nz -> 2ngf*(H/4)*(W/4)), BN; 2x nearest upsample, Conv3x3 2ngf->2ngf, BN, LeakyReLU
   0.2; 2x upsample, Conv3x3 2ngf->ngf, BN, LeakyReLU 0.2; Conv3x3 ngf->C; tanh; BN(C, no
   affine). With the default ngf = 64 the widths are the 128/128/64 of the official code.
-  The official code feeds that last output to the classifier as an already-normalised image.
-  Here images live in pixel space, so a sigmoid maps it into (0, 1) (DEVIATION, required by
-  the project's convention; the sigmoid keeps gradients everywhere, unlike a clip).
+  The official code feeds that last output y to the classifier as an already-normalised
+  image. Here images live in pixel space and the classifier normalises them itself, so G
+  emits x = mean + std * y (the dataset's normalisation, read from the teacher): the teacher
+  then sees exactly the official input. x is clipped to [0, 1] with a straight-through
+  gradient (DEVIATION, required by the project's convention: valid images, and the official
+  gradients wherever a pixel saturates).
 - `PatchTriggerGenerator` (G_p, small patches p1): z2 [B, nz2] -> patches [B, P, P, C] in
   [-1, 1]: Linear(nz2 -> 64*P*P), BN(64), Conv3x3 64->C, BN(C, no affine), tanh.
 - `FullTriggerGenerator` (G_p, large triggers p2, the paper's figure; absent from the official
@@ -53,17 +56,27 @@ class _UpsamplingTrunk(nn.Module):
         return nn.Conv(c, (3, 3), padding=1)(x)
 
 
+def straight_through_clip(x: jax.Array) -> jax.Array:
+    """clip(x, 0, 1) in the forward pass, the identity in the backward pass."""
+    return x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)
+
+
 class SampleGenerator(nn.Module):
-    """G: latent z [B, nz] -> synthetic images [B, H, W, C] in (0, 1)."""
+    """G: latent z [B, nz] -> synthetic images [B, H, W, C] in [0, 1].
+
+    mean, std: the teacher's per-channel normalisation (length 1 or C).
+    """
 
     image_shape: tuple[int, int, int]
     ngf: int = 64
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.25,)
 
     @nn.compact
     def __call__(self, z):
-        x = jnp.tanh(_UpsamplingTrunk(self.image_shape, self.ngf)(z))
-        x = nn.BatchNorm(use_scale=False, use_bias=False, **_bn)(x)
-        return jax.nn.sigmoid(x)
+        y = jnp.tanh(_UpsamplingTrunk(self.image_shape, self.ngf)(z))
+        y = nn.BatchNorm(use_scale=False, use_bias=False, **_bn)(y)
+        return straight_through_clip(jnp.asarray(self.mean) + jnp.asarray(self.std) * y)
 
 
 class PatchTriggerGenerator(nn.Module):

@@ -151,7 +151,9 @@ def make_players(model: nn.Module, image_shape, config: DHBEConfig) -> Players:
     student_tx = optax.chain(optax.add_decayed_weights(config.student_weight_decay),
                              optax.sgd(student_lr, momentum=config.student_momentum))
     adam = lambda lr: optax.adam(optax.piecewise_constant_schedule(lr, _milestones(config, 1)))
-    return Players(model, gens.SampleGenerator(tuple(image_shape), config.ngf),
+    # Every registry model carries its dataset normalisation; G emits images with those statistics.
+    sample_generator = gens.SampleGenerator(tuple(image_shape), config.ngf, tuple(model.mean), tuple(model.std))
+    return Players(model, sample_generator,
                    gens.PatchTriggerGenerator(config.patch_size, image_shape[-1]),
                    gens.FullTriggerGenerator(tuple(image_shape), config.ngf),
                    student_tx, adam(config.generator_lr), adam(config.trigger_lr))
