@@ -41,9 +41,5 @@ def get_config(variant: str = "paper"):
     c.stop_after = ml_collections.config_dict.placeholder(int)  # epochs; time-boxed sessions resume later
     c.num_devices = ml_collections.config_dict.placeholder(int)
     c.aft = ml_collections.ConfigDict({**{k: getattr(defaults, k) for k in AFT_FIELDS}, **VARIANTS[variant]})
-    finetune_sections(c)
-    if variant == "smoke":
-        c.pgd.steps = 2
-        c.detect.num_images = 64
-        c.detect.batch_size = 32
+    finetune_sections(c, variant)
     return c

@@ -39,14 +39,19 @@ VARIANTS = {
 }
 
 
-def finetune_sections(c: ml_collections.ConfigDict) -> None:
-    """Adds the shared `pgd` and `augment` sections (PBE's official values) to c."""
+def finetune_sections(c: ml_collections.ConfigDict, variant: str) -> None:
+    """Adds the shared `pgd`, `augment` and `detect` sections (PBE's official values) to c;
+    the `smoke` variant shortens PGD and detection."""
     c.pgd = ml_collections.ConfigDict(PGDConfig.pbe().__dict__)
     augment = AugmentConfig().__dict__
     c.augment = ml_collections.ConfigDict({**augment, "hflip": ml_collections.config_dict.placeholder(bool)})
     pgd = PGDConfig.pbe()
     c.detect = ml_collections.ConfigDict(dict(enabled=True, num_images=500, batch_size=250, seed=0,
                                               eps=pgd.eps, alpha=pgd.alpha, steps=pgd.steps))
+    if variant == "smoke":
+        c.pgd.steps = 2
+        c.detect.num_images = 64
+        c.detect.batch_size = 32
 
 
 def get_config(variant: str = "paper"):
@@ -63,9 +68,5 @@ def get_config(variant: str = "paper"):
     c.pbe.first_round_epochs = ml_collections.config_dict.placeholder(int) if settings["first_round_epochs"] is None \
         else settings["first_round_epochs"]
     c.pbe.first_round_adversarial_epochs = ml_collections.config_dict.placeholder(int)  # None: all of round 0
-    finetune_sections(c)
-    if variant == "smoke":
-        c.pgd.steps = 2
-        c.detect.num_images = 64
-        c.detect.batch_size = 32
+    finetune_sections(c, variant)
     return c
