@@ -53,3 +53,20 @@ def shard_batch(mesh: Mesh, *arrays):
 def replicate(mesh: Mesh, tree):
     """Places a pytree on every device of the mesh."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def unroll_loops(mesh: Mesh | None = None) -> bool:
+    """Whether compiled loops (PGD steps, DHBE's student scan) are unrolled at trace time.
+
+    True on CPU backends, where XLA:CPU runs a rolled loop body's convolutions several times
+    slower; False on GPU/TPU, where unrolling only multiplies compile time (a DHBE iteration of
+    ResNet-18 took minutes to compile unrolled on an H200). The environment variable
+    BACKDOOR_UNROLL=1/0 overrides the choice.
+    """
+    import os
+
+    forced = os.environ.get("BACKDOOR_UNROLL")
+    if forced in ("0", "1"):
+        return forced == "1"
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    return platform == "cpu"

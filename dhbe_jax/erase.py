@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -70,11 +71,13 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
     history = rundir.read_history(run_dir) if run_dir else []
     start = int(state.iteration)
     last = config.iterations if stop_after is None else min(stop_after, config.iterations)
+    started = time.perf_counter()
     for i in tqdm(range(start + 1, last + 1), desc="DHBE", initial=start, total=config.iterations,
                   disable=not progress):
         state, metrics = iteration(state, teacher_variables)
         if i % log_every == 0 or i % eval_every == 0 or i == last:
-            row = {"step": i, **{k: float(v) for k, v in metrics.items()}}
+            row = {"step": i, **{k: float(v) for k, v in metrics.items()},
+                   "elapsed_s": round(time.perf_counter() - started, 3)}  # this process's loop time, compile included
             if eval_fn is not None and (i % eval_every == 0 or i == config.iterations):
                 row.update(eval_fn(jax.device_get(state.student)))
             history.append(row)

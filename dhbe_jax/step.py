@@ -31,7 +31,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from backdoor_core.errors import InputError
-from backdoor_core.sharding import DATA_AXIS, replicated
+from backdoor_core.sharding import DATA_AXIS, replicated, unroll_loops
 from dhbe_jax import generators as gens
 from dhbe_jax.losses import l1_logits, tv_l1, tv_l2
 from dhbe_jax.triggers import add_full_triggers, add_patches
@@ -289,9 +289,10 @@ def make_iteration(players: Players, config: DHBEConfig, image_shape, mesh):
         key, k_student, k_gen, k_trig = jax.random.split(state.key, 4)
         step_keys = jax.random.split(k_student, config.student_steps)
         update = lambda carry, k: _student_update(f, state, teacher, carry, k)
-        # Unrolled at compile time: XLA:CPU ran the rolled scan body 7x slower (measured:
-        # 25 s vs 3.5 s per iteration, small CNN, batch 64); on GPUs it only costs compile time.
-        (student, opt), m = jax.lax.scan(update, (state.student, state.student_opt), step_keys, unroll=True)
+        # Unrolled at compile time on CPU only: XLA:CPU ran the rolled scan body 7x slower
+        # (25 s vs 3.5 s per iteration, small CNN, batch 64); on GPUs it only costs compile time.
+        (student, opt), m = jax.lax.scan(update, (state.student, state.student_opt), step_keys,
+                                         unroll=unroll_loops(mesh))
         state = state.replace(student=student, student_opt=opt)
         state, loss_g = _generator_update(f, state, teacher, k_gen)
         loss_gp = jnp.zeros(())

@@ -1,0 +1,101 @@
+"""Backdoor detection (`pbe_jax.detect`) on any number of finished run directories, as one table.
+
+  python -m experiments.detect --runs ~/runs/attack_cifar10_badnets ~/runs/clean_cifar10 \
+      [--num_images 500] [--threshold 0.5] [--out docs/detection.md]
+
+For each run (clean training, attack or defense run) the model is loaded, `num_images` test
+images of its dataset are drawn (seeded) and used unlabelled, and untargeted PGD (PBE's eps
+6/255, 7 steps) is run against the model's own predictions. The table lists the suspected
+target class (argmax of the adversarial predictions), the concentration (share of flipped images
+that land in it), the normalised entropy, the flip rate, the verdict `concentration >=
+threshold`, and, for attack runs, the true target. Ground truth is only printed, never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from backdoor_core import rundir
+from backdoor_core.data import load_dataset
+from backdoor_core.errors import InputError
+from backdoor_core.sharding import make_mesh
+from experiments.common import output_dir
+
+COLUMNS = ("run", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
+           "backdoored_verdict", "seconds")
+
+
+def detect_run(run_dir: Path, config, mesh) -> dict:
+    """One table row: detection of the model saved in `run_dir` on its dataset's test images."""
+    from pbe_jax import detect
+
+    record = rundir.read_record(run_dir)
+    source = record.get("dataset_source") or record.get("dataset")
+    if not source:
+        raise InputError(f"{run_dir}/record.json names no dataset_source; expected a training, attack or defense run")
+    _, module, variables = rundir.load_model(run_dir)
+    _, test = load_dataset(source)
+    start = time.perf_counter()
+    result = detect(module, variables, test.images, config, mesh=mesh)
+    attack = record.get("attack") or {}
+    return {"run": run_dir.name, "kind": record.get("kind", "train"), "attack": attack.get("name", "-"),
+            "true_target": attack.get("target", "-") if attack.get("mode", "all_to_one") == "all_to_one" else "-",
+            "suspected": result.suspected_target, "concentration": round(result.concentration, 4),
+            "entropy": round(result.normalized_entropy, 4), "flip_rate": round(result.flip_rate, 4),
+            "seconds": round(time.perf_counter() - start, 1), "counts": [int(c) for c in result.counts]}
+
+
+def markdown_table(rows: list[dict], threshold: float) -> str:
+    """The rows as a Markdown table, with the verdict `concentration >= threshold`."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['run']} | error: {row['error']} |" + " |" * (len(COLUMNS) - 2))
+            continue
+        row = {**row, "backdoored_verdict": "yes" if row["concentration"] >= threshold else "no"}
+        lines.append("| " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="run directories with a saved model")
+    parser.add_argument("--num_images", type=int, default=500)
+    parser.add_argument("--threshold", type=float, default=0.5, help="concentration at or above which a model is flagged")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eps", type=float, default=6.0,
+                        help="L-inf radius in 1/255 units (PBE's 6); the step is eps/5, 7 steps as in PBE")
+    parser.add_argument("--out", help="also write the Markdown table (and a .json of the rows) here")
+    args = parser.parse_args(argv)
+    from attacks.pgd import PGDConfig
+    from pbe_jax import DetectConfig
+
+    if not args.eps > 0:
+        parser.error(f"--eps {args.eps}: expected a positive radius in 1/255 units")
+    pgd = PGDConfig(eps=args.eps / 255, alpha=args.eps / 5 / 255, steps=7)
+    config = DetectConfig(pgd=pgd, num_images=args.num_images, seed=args.seed)
+    mesh = make_mesh()
+    rows = []
+    for run in args.runs:
+        run_dir = output_dir(run)
+        try:
+            rows.append(detect_run(run_dir, config, mesh))
+        except InputError as e:  # one unusable run does not stop the table
+            rows.append({"run": run_dir.name, "error": str(e)})
+        print(markdown_table(rows[-1:], args.threshold).splitlines()[-1], flush=True)
+    table = markdown_table(rows, args.threshold)
+    print(table)
+    if args.out:
+        out = Path(args.out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

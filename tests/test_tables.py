@@ -1,0 +1,54 @@
+"""experiments.table and experiments.detect on a finished BadNets run, and the loop-unrolling switch."""
+
+import json
+
+import pytest
+
+from backdoor_core import rundir
+from backdoor_core.sharding import unroll_loops
+from experiments import detect, table
+
+
+def test_table_row_matches_the_run_record(badnets_run, tmp_path):
+    record = rundir.read_record(badnets_run)
+    out = tmp_path / "t.md"
+    assert table.main(["--runs", str(badnets_run), str(tmp_path / "missing"), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("| run | dataset | model | attack |")
+    rows = [line for line in lines[2:] if line.startswith("|")]
+    assert len(rows) == 1  # the missing folder is skipped, not an error
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[3] == "badnets"
+    assert cells[6] == f"{100 * record['metrics']['test_acc']:.1f}"
+    assert cells[7] == f"{100 * record['metrics']['asr']:.1f}"
+    assert cells[5] == "2"  # epochs
+
+
+def test_wall_time_prefers_epoch_times_then_elapsed():
+    assert table.wall_time([{"epoch_time_s": 60}, {"epoch_time_s": 30}]) == "1.5 min"
+    assert table.wall_time([{"elapsed_s": 30}, {"elapsed_s": 120}]) == "2.0 min"
+    assert table.wall_time([{"step": 1}]) == "-"
+
+
+def test_detect_cli_reports_one_row_per_run_and_errors_per_run(badnets_run, tmp_path, capsys):
+    out = tmp_path / "d.md"
+    rc = detect.main(["--runs", str(badnets_run), str(tmp_path), "--num_images", "64", "--out", str(out)])
+    assert rc == 1  # the second path is no run: reported in its row, the first still detected
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [("error" in r) for r in rows] == [False, True]
+    good = rows[0]
+    assert good["attack"] == "badnets" and good["true_target"] == 0
+    assert 0 <= good["suspected"] < 10 and sum(good["counts"]) > 0
+    assert 0.0 < good["concentration"] <= 1.0 and 0.0 < good["flip_rate"] <= 1.0
+    assert "badnets" in out.read_text()
+
+
+@pytest.mark.parametrize("forced, expected", [("1", True), ("0", False)])
+def test_unroll_switch_env_override(monkeypatch, forced, expected):
+    monkeypatch.setenv("BACKDOOR_UNROLL", forced)
+    assert unroll_loops() is expected
+
+
+def test_unroll_on_cpu_by_default(monkeypatch):
+    monkeypatch.delenv("BACKDOOR_UNROLL", raising=False)
+    assert unroll_loops() is True  # the tests run on XLA:CPU
