@@ -7,6 +7,8 @@ one code path serves one CPU, several GPUs or a TPU slice. With
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -63,8 +65,6 @@ def unroll_loops(mesh: Mesh | None = None) -> bool:
     ResNet-18 took minutes to compile unrolled on an H200). The environment variable
     BACKDOOR_UNROLL=1/0 overrides the choice.
     """
-    import os
-
     forced = os.environ.get("BACKDOOR_UNROLL")
     if forced in ("0", "1"):
         return forced == "1"
