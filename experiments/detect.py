@@ -24,6 +24,7 @@ from backdoor_core.data import load_dataset
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import make_mesh
 from experiments.common import output_dir
+from experiments.table import markdown
 
 COLUMNS = ("run", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
            "backdoored_verdict", "seconds")
@@ -51,14 +52,9 @@ def detect_run(run_dir: Path, config, mesh) -> dict:
 
 def markdown_table(rows: list[dict], threshold: float) -> str:
     """The rows as a Markdown table, with the verdict `concentration >= threshold`."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['run']} | error: {row['error']} |" + " |" * (len(COLUMNS) - 2))
-            continue
-        row = {**row, "backdoored_verdict": "yes" if row["concentration"] >= threshold else "no"}
-        lines.append("| " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
+    shown = [{"run": r["run"], "kind": f"error: {r['error']}"} if "error" in r else
+             {**r, "backdoored_verdict": "yes" if r["concentration"] >= threshold else "no"} for r in rows]
+    return markdown(shown, COLUMNS)
 
 
 def main(argv=None) -> int:
