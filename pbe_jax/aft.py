@@ -66,7 +66,9 @@ def aft(model: nn.Module, variables: dict, clean: Split, config: AFTConfig = AFT
     Args mirror `pbe_jax.pbe` (stop_after_epochs: stop, checkpointed, after that many epochs).
     Returns (variables after the last epoch run, history rows with 'event' 'start' or 'epoch').
     """
-    config = dataclasses.replace(config, augment=config.augment.resolve(clean)).validate(len(clean))
+    config = dataclasses.replace(config, augment=config.augment.resolve(clean),
+                                 schedule_steps=max(1, config.epochs * (len(clean) // config.batch_size)))
+    config.validate(len(clean))
     mesh = mesh or make_mesh()
     check_batch_size(config.batch_size, mesh)
     trainer = make_trainer(model, config.finetune_config(), mesh)

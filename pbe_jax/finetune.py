@@ -79,7 +79,9 @@ class FinetuneConfig:
     """The optimiser, attack and augmentation shared by PBE's rounds and AFT (official values).
 
     Attributes:
-      learning_rate (constant), momentum, weight_decay: PyTorch-style SGD.
+      learning_rate, momentum, weight_decay: PyTorch-style SGD.
+      schedule: "constant" (PBE's and AFT's) or "cosine" (BackdoorBench's FT baseline), annealed
+        to 0 over `schedule_steps` optimiser steps (set by the caller from epochs x batches).
       batch_size: global minibatch (a multiple of the mesh's devices); the last short batch
         of an epoch is dropped so one compiled program serves every step.
       pgd: the adversarial examples' PGD (`PGDConfig.pbe()`).
@@ -90,6 +92,8 @@ class FinetuneConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 128
+    schedule: str = "constant"
+    schedule_steps: int = 1
     pgd: PGDConfig = PGDConfig.pbe()
     augment: AugmentConfig = AugmentConfig()
 
@@ -98,15 +102,17 @@ class FinetuneConfig:
         return FinetuneConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FinetuneConfig)})
 
     def optimizer(self) -> optax.GradientTransformation:
-        """SGD with momentum and weight decay at a constant rate (`backdoor_core.train.make_optimizer`)."""
+        """SGD with momentum and weight decay under `schedule` (`backdoor_core.train.make_optimizer`)."""
         config = TrainConfig(epochs=1, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                             momentum=self.momentum, weight_decay=self.weight_decay, schedule="constant")
-        return make_optimizer(config, total_steps=1)  # a constant schedule ignores the length
+                             momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule)
+        return make_optimizer(config, total_steps=self.schedule_steps)  # a constant schedule ignores the length
 
     def validate_finetune(self) -> None:
         """Raises InputError naming the first bad optimiser, PGD or augmentation setting."""
         checks = [(self.learning_rate > 0, "learning_rate", "positive"), (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
-                  (self.weight_decay >= 0, "weight_decay", "non-negative"), (self.batch_size >= 1, "batch_size", "at least 1")]
+                  (self.weight_decay >= 0, "weight_decay", "non-negative"), (self.batch_size >= 1, "batch_size", "at least 1"),
+                  (self.schedule in ("constant", "cosine"), "schedule", "'constant' or 'cosine'"),
+                  (self.schedule_steps >= 1, "schedule_steps", "at least 1")]
         for ok, name, expected in checks:
             if not ok:
                 raise InputError(f"{type(self).__name__}: {name} = {getattr(self, name)!r}; expected {expected}")

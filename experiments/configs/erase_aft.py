@@ -20,7 +20,7 @@ from experiments.configs.erase_pbe import finetune_sections
 from pbe_jax import AFTConfig
 
 AFT_FIELDS = ("epochs", "adversarial_epochs", "eval_every_epochs", "seed", "learning_rate", "momentum",
-              "weight_decay", "batch_size")
+              "weight_decay", "batch_size", "schedule")
 
 VARIANTS = {
     "paper": {},
@@ -29,8 +29,9 @@ VARIANTS = {
 }
 
 
-def get_config(variant: str = "paper"):
-    if variant not in VARIANTS:
+def get_config(variant: str = "paper", overrides: dict | None = None):
+    """The AFT config of `variant`; `overrides` replace its aft settings (erase_ft.py's use)."""
+    if overrides is None and variant not in VARIANTS:
         raise ValueError(f"unknown AFT config variant {variant!r}; expected one of {sorted(VARIANTS)}")
     defaults = AFTConfig()
     c = ml_collections.ConfigDict()
@@ -40,6 +41,6 @@ def get_config(variant: str = "paper"):
     c.clean_seed = 0
     c.stop_after = ml_collections.config_dict.placeholder(int)  # epochs; time-boxed sessions resume later
     c.num_devices = ml_collections.config_dict.placeholder(int)
-    c.aft = ml_collections.ConfigDict({**{k: getattr(defaults, k) for k in AFT_FIELDS}, **VARIANTS[variant]})
+    c.aft = ml_collections.ConfigDict({**{k: getattr(defaults, k) for k in AFT_FIELDS}, **(VARIANTS[variant] if overrides is None else overrides)})
     finetune_sections(c, variant)
     return c

@@ -10,4 +10,6 @@ DEFENSES = {
     "dfad": "experiments.defenses.dhbe:run_dfad",
     "pbe": "experiments.defenses.pbe:run_pbe",
     "aft": "experiments.defenses.pbe:run_aft",
+    "ft": "experiments.defenses.pbe:run_aft",  # AFT's loop with no adversarial epochs (erase_ft.py)
+    "clp": "experiments.defenses.clp:run",
 }

@@ -95,7 +95,7 @@ def run_pbe(cfg, attack_run: AttackRun, out_dir: Path, mesh) -> dict:
 
 
 def run_aft(cfg, attack_run: AttackRun, out_dir: Path, mesh) -> dict:
-    """AFT on a random cfg.clean_fraction of the clean training split; final metrics."""
+    """AFT (or FT: no adversarial epochs) on a random cfg.clean_fraction of the clean training split."""
     config = finetune_settings(AFTConfig, cfg)
     clean = clean_subset(load_dataset(attack_run.dataset_source)[0], cfg.clean_fraction, cfg.clean_seed)
     config.validate(len(clean))
@@ -104,7 +104,7 @@ def run_aft(cfg, attack_run: AttackRun, out_dir: Path, mesh) -> dict:
                              stop_after_epochs=cfg.get("stop_after"))
     if history[-1].get("epoch", 0) < config.epochs:
         return {"stopped_after_epochs": history[-1].get("epoch", 0)}
-    plot_history(history, METRICS, out_dir / "metrics.png", f"AFT on {attack_run.attack.name}", x="epoch")
+    plot_history(history, METRICS, out_dir / "metrics.png", f"{cfg.defense.upper()} on {attack_run.attack.name}", x="epoch")
     return _finish(cfg, attack_run, out_dir, variables, history[-1], mesh, clean_set_size=len(clean))
 
 
