@@ -80,7 +80,7 @@ class FinetuneConfig:
 
     Attributes:
       learning_rate, momentum, weight_decay: PyTorch-style SGD.
-      schedule: "constant" (PBE's and AFT's) or "cosine" (BackdoorBench's FT baseline), annealed
+      lr_schedule: "constant" (PBE's and AFT's) or "cosine" (BackdoorBench's FT baseline), annealed
         to 0 over `schedule_steps` optimiser steps (set by the caller from epochs x batches).
       batch_size: global minibatch (a multiple of the mesh's devices); the last short batch
         of an epoch is dropped so one compiled program serves every step.
@@ -92,7 +92,7 @@ class FinetuneConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 128
-    schedule: str = "constant"
+    lr_schedule: str = "constant"
     schedule_steps: int = 1
     pgd: PGDConfig = PGDConfig.pbe()
     augment: AugmentConfig = AugmentConfig()
@@ -102,16 +102,16 @@ class FinetuneConfig:
         return FinetuneConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FinetuneConfig)})
 
     def optimizer(self) -> optax.GradientTransformation:
-        """SGD with momentum and weight decay under `schedule` (`backdoor_core.train.make_optimizer`)."""
+        """SGD with momentum and weight decay under `lr_schedule` (`backdoor_core.train.make_optimizer`)."""
         config = TrainConfig(epochs=1, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                             momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule)
+                             momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.lr_schedule)
         return make_optimizer(config, total_steps=self.schedule_steps)  # a constant schedule ignores the length
 
     def validate_finetune(self) -> None:
         """Raises InputError naming the first bad optimiser, PGD or augmentation setting."""
         checks = [(self.learning_rate > 0, "learning_rate", "positive"), (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
                   (self.weight_decay >= 0, "weight_decay", "non-negative"), (self.batch_size >= 1, "batch_size", "at least 1"),
-                  (self.schedule in ("constant", "cosine"), "schedule", "'constant' or 'cosine'"),
+                  (self.lr_schedule in ("constant", "cosine"), "lr_schedule", "'constant' or 'cosine'"),
                   (self.schedule_steps >= 1, "schedule_steps", "at least 1")]
         for ok, name, expected in checks:
             if not ok:

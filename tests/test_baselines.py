@@ -95,7 +95,7 @@ def test_clp_defense_run(badnets_run, tmp_path):
 
 
 def test_cosine_finetune_schedule_decays_and_bad_schedule_is_refused():
-    tx = FinetuneConfig(learning_rate=0.1, momentum=0.0, weight_decay=0.0, schedule="cosine",
+    tx = FinetuneConfig(learning_rate=0.1, momentum=0.0, weight_decay=0.0, lr_schedule="cosine",
                         schedule_steps=4).optimizer()
     params = jnp.zeros(())
     state, steps = tx.init(params), []
@@ -103,8 +103,8 @@ def test_cosine_finetune_schedule_decays_and_bad_schedule_is_refused():
         update, state = tx.update(jnp.ones(()), state, params)
         steps.append(-float(update))
     np.testing.assert_allclose(steps, [0.1 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)], rtol=1e-5)
-    with pytest.raises(InputError, match="schedule = 'linear'"):
-        FinetuneConfig(schedule="linear").validate_finetune()
+    with pytest.raises(InputError, match="lr_schedule = 'linear'"):
+        FinetuneConfig(lr_schedule="linear").validate_finetune()
 
 
 def test_ft_defense_run_has_no_adversarial_batches(badnets_run, tmp_path):
@@ -115,7 +115,7 @@ def test_ft_defense_run_has_no_adversarial_batches(badnets_run, tmp_path):
     metrics = erase_run("ft", str(badnets_run), cfg, str(out))
     assert {"test_acc", "asr", "der"} <= set(metrics)
     record = rundir.read_record(out)
-    assert record["defense"] == "ft" and record["config"]["defense"]["aft"]["schedule"] == "cosine"
+    assert record["defense"] == "ft" and record["config"]["defense"]["aft"]["lr_schedule"] == "cosine"
     epochs = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines() if '"epoch"' in l]
     rows = [r for r in epochs if r.get("event") == "epoch"]
     assert len(rows) == 2 and all(r["adversarial_batches"] == 0 for r in rows)

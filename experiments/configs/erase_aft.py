@@ -20,7 +20,7 @@ from experiments.configs.erase_pbe import finetune_sections
 from pbe_jax import AFTConfig
 
 AFT_FIELDS = ("epochs", "adversarial_epochs", "eval_every_epochs", "seed", "learning_rate", "momentum",
-              "weight_decay", "batch_size", "schedule")
+              "weight_decay", "batch_size", "lr_schedule")
 
 VARIANTS = {
     "paper": {},

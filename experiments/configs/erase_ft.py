@@ -16,11 +16,11 @@ It runs AFT's loop (`pbe_jax.aft`) with no adversarial epochs. Variants:
 from experiments.configs import erase_aft
 
 VARIANTS = {
-    "paper": dict(epochs=100, adversarial_epochs=0, learning_rate=0.01, batch_size=256, schedule="cosine",
+    "paper": dict(epochs=100, adversarial_epochs=0, learning_rate=0.01, batch_size=256, lr_schedule="cosine",
                   eval_every_epochs=10),
-    "cpu": dict(epochs=20, adversarial_epochs=0, learning_rate=0.01, batch_size=256, schedule="cosine",
+    "cpu": dict(epochs=20, adversarial_epochs=0, learning_rate=0.01, batch_size=256, lr_schedule="cosine",
                 eval_every_epochs=5),
-    "smoke": dict(epochs=2, adversarial_epochs=0, learning_rate=0.01, batch_size=32, schedule="cosine"),
+    "smoke": dict(epochs=2, adversarial_epochs=0, learning_rate=0.01, batch_size=32, lr_schedule="cosine"),
 }
 # BackdoorBench's FT transform: crop with 4-pixel padding on every image, flip; no rotation.
 AUGMENT = dict(crop_padding=4, crop_prob=1.0, rotation_degrees=0.0, rotation_prob=0.0)

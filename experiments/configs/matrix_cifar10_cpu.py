@@ -1,0 +1,35 @@
+"""The CIFAR-10 matrix at CPU scale: every attack x {DHBE, PBE, AFT, DFAD, FT, CLP}, PreAct-ResNet-18
+at width 1/4, each defense's `cpu` variant.
+
+  python -m experiments.run --config experiments/configs/matrix_cifar10_cpu.py [--config.out=DIR]
+
+Teachers: experiments/configs/attack_cifar10.py (15 epochs, 10% poisoning, target 0; about 70 min
+each on a 2-core CPU); defenses about an hour each (CLP: seconds). Many sessions: the matrix
+resumes where it stopped.
+"""
+
+import ml_collections
+
+ATTACKS = ("badnets", "badnets_checker", "blended", "sig", "wanet", "trojannn", "lc", "iad")
+DEFENSES = ("dhbe", "pbe", "aft", "dfad", "ft", "clp")
+
+
+def matrix(name: str, source: str, attacks, defenses, variant: str, model: str = "preact_resnet18",
+           width: float = 0.25, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """A one-dataset, one-model matrix config (the shape of every shipped matrix but the quickstart)."""
+    c = ml_collections.ConfigDict()
+    c.out = f"~/runs/matrix_{name}_{variant}"
+    c.datasets = ml_collections.ConfigDict({name: dict(source=source, attack_config="experiments.configs.attack_cifar10",
+                                                       overrides=overrides or {})})
+    c.models = (ml_collections.ConfigDict(dict(name=model, width=width)),)
+    c.attacks = tuple(attacks)
+    c.defenses = tuple(defenses)
+    c.seeds = (0,)
+    c.variant = variant
+    c.attack_overrides = ml_collections.ConfigDict()
+    c.defense_overrides = ml_collections.ConfigDict()
+    return c
+
+
+def get_config():
+    return matrix("cifar10", "../shared/data/cifar10.tar.gz", ATTACKS, DEFENSES, "cpu")

@@ -1,0 +1,15 @@
+"""The CIFAR-10 matrix at the papers' scale, for GPUs: PreAct-ResNet-18 at full width trained with
+BackdoorBench's recipe (100 epochs, SGD lr 0.01, cosine, batch 128), every attack x every
+defense, each defense's `paper` variant (DHBE: 15,000 iterations of batch 256).
+
+  python -m experiments.run --config experiments/configs/matrix_cifar10_paper.py
+"""
+
+from experiments.configs.matrix_cifar10_cpu import ATTACKS, DEFENSES, matrix
+
+BACKDOORBENCH_TRAINING = dict(train=dict(epochs=100, learning_rate=0.01))
+
+
+def get_config():
+    return matrix("cifar10", "../shared/data/cifar10.tar.gz", ATTACKS, DEFENSES, "paper", width=1.0,
+                  overrides=BACKDOORBENCH_TRAINING)

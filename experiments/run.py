@@ -1,0 +1,250 @@
+"""Runs a whole experiment matrix end to end: datasets x models x attacks x seeds -> backdoored
+teachers, each erased by every defense, evaluated, tabulated and plotted.
+
+  python -m experiments.run --config experiments/configs/matrix_quickstart.py [--config.out=DIR]
+  python -m experiments.run --config experiments/configs/matrix_cifar10_cpu.py --config.defenses="('dhbe','clp')"
+
+Layout under `out`: teachers/<dataset>-<model>-<attack>-s<seed>/ (attack runs; a clean model
+<dataset>-<model>-clean-s<seed> where TrojanNN or LC need one), defenses/<teacher>-<defense>/,
+cells.jsonl (one line per cell run: status, seconds, error), results.csv, results.md and
+plots/asr_cacc.png. Every cell is an ordinary run directory, so a cell that already finished
+is reused (and a half-finished one resumes) when the matrix runs again; a cell that fails is
+reported in cells.jsonl and results.md, and the matrix goes on (its dependants are skipped).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import time
+import traceback
+from pathlib import Path
+
+import ml_collections
+from absl import app
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from attacks.registry import get_attack
+from backdoor_core import rundir
+from backdoor_core.errors import InputError
+from experiments.common import output_dir, run_cli
+from experiments.table import run_row
+
+CELLS = "cells.jsonl"
+RESULTS_COLUMNS = ("dataset", "model", "seed", "attack", "defense", "status", "C-Acc", "ASR", "ASR*", "RA", "DER",
+                   "seconds", "run")
+CONVENTIONS = """Metrics (percent, except DER; final models, never selected with test labels): C-Acc on the
+clean test set; ASR on triggered test images whose true class is not the target; ASR* only over
+those the model classifies correctly when clean (DHBE's convention); RA the share of triggered
+images still given their true label; DER = (max(0, dASR) - max(0, dACC) + 1) / 2 against the
+teacher. `seconds`: wall time of the cell when it ran (reused cells keep their first time).
+"""
+
+
+def load_config(path_or_module: str, variant: str | None = None):
+    """get_config([variant]) of a config module (`experiments.configs.X`) or file path."""
+    module_name = path_or_module.removesuffix(".py").replace("/", ".") if path_or_module.endswith(".py") else path_or_module
+    module = importlib.import_module(module_name)
+    return module.get_config(variant) if variant is not None else module.get_config()
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides, where: str = "") -> ml_collections.ConfigDict:
+    """cfg with nested overrides ({'train': {'epochs': 2}}) applied; InputError on unknown keys."""
+    for key, value in dict(overrides or {}).items():
+        if key not in cfg:
+            raise InputError(f"matrix override '{where}{key}': no such setting in the cell's config")
+        if isinstance(value, (dict, ml_collections.ConfigDict)) and isinstance(cfg[key], ml_collections.ConfigDict):
+            apply_overrides(cfg[key], value, f"{where}{key}.")
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def teacher_name(dataset: str, model: str, attack: str, seed: int) -> str:
+    return f"{dataset}-{model}-{attack}-s{seed}"
+
+
+def is_complete(run_dir: Path) -> bool:
+    """Whether run_dir holds a finished run."""
+    try:
+        return rundir.read_record(run_dir).get("status") == "complete"
+    except InputError:
+        return False
+
+
+class Matrix:
+    """Runs the cells of one matrix config and records each cell's outcome in cells.jsonl."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.out = output_dir(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.out / CELLS
+        self.previous = {}
+        if self.log_path.is_file():
+            for line in self.log_path.read_text().splitlines():
+                row = json.loads(line)
+                self.previous[row["run"]] = row
+
+    def cell(self, run_dir: Path, fn) -> dict:
+        """Runs fn() unless run_dir is finished; logs and returns {'run', 'status', 'seconds', 'error'}."""
+        key = str(run_dir)
+        if is_complete(run_dir):
+            old = self.previous.get(key, {})
+            return {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True}
+        start = time.perf_counter()
+        try:
+            fn()
+            status = "complete" if is_complete(run_dir) else "stopped"
+            row = {"run": key, "status": status, "seconds": round(time.perf_counter() - start, 1)}
+        except Exception as e:  # a failing cell is reported; the matrix goes on
+            detail = traceback.format_exc(limit=8)
+            row = {"run": key, "status": "failed", "seconds": round(time.perf_counter() - start, 1),
+                   "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+            tqdm.write(f"cell failed: {key}\n{detail}")
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.previous[key] = row
+        return row
+
+    def teacher_config(self, dataset: str, model: str, width: float, attack: str, seed: int, clean_run: str | None):
+        spec = self.cfg.datasets[dataset]
+        cfg = load_config(spec.attack_config)
+        cfg.dataset, cfg.model, cfg.width, cfg.attack, cfg.seed = spec.source, model, width, attack, seed
+        cfg.train.seed = seed
+        cfg.clean_run = clean_run
+        apply_overrides(cfg, spec.get("overrides"))
+        apply_overrides(cfg, self.cfg.attack_overrides.get(attack))
+        return cfg
+
+    def defense_config(self, defense: str):
+        cfg = load_config(f"experiments.configs.erase_{'dhbe' if defense == 'dfad' else defense}", self.cfg.variant)
+        return apply_overrides(cfg, self.cfg.defense_overrides.get(defense))
+
+    def run(self) -> list[dict]:
+        """Runs (or reuses) every cell; returns the result rows."""
+        from experiments.attack import run_attack
+        from experiments.erase import erase_run
+        from experiments.train import train_clean
+
+        plan = [(d, m.name, float(m.width), a, int(s)) for d in self.cfg.datasets for m in self.cfg.models
+                for a in self.cfg.attacks for s in self.cfg.seeds]
+        rows = []
+        bar = tqdm(total=len(plan) * (1 + len(self.cfg.defenses)), desc="matrix cells", position=0)
+        for dataset, model, width, attack, seed in plan:
+            clean_run = None
+            if get_attack(attack).needs_clean_model:
+                clean_dir = self.out / "teachers" / teacher_name(dataset, model, "clean", seed)
+                clean_cfg = self.teacher_config(dataset, model, width, "badnets", seed, None)
+                clean_cfg.out = str(clean_dir)
+                self.cell(clean_dir, lambda: train_clean(clean_cfg))
+                clean_run = str(clean_dir)
+            teacher_dir = self.out / "teachers" / teacher_name(dataset, model, attack, seed)
+            ids = {"dataset": dataset, "model": f"{model} x{width:g}", "seed": seed, "attack": attack}
+            try:
+                tcfg = self.teacher_config(dataset, model, width, attack, seed, clean_run)
+                tcfg.out = str(teacher_dir)
+                teacher = self.cell(teacher_dir, lambda: run_attack(tcfg))
+            except InputError as e:  # a bad override: the cell fails before anything runs
+                teacher = {"run": str(teacher_dir), "status": "failed", "error": str(e)}
+            rows.append(self.result_row(ids, "none", teacher))
+            bar.update(1)
+            for defense in self.cfg.defenses:
+                defense_dir = self.out / "defenses" / f"{teacher_dir.name}-{defense}"
+                if teacher["status"] != "complete":
+                    outcome = {"run": str(defense_dir), "status": "skipped", "error": "teacher not finished"}
+                else:
+                    try:
+                        dcfg = self.defense_config(defense)
+                        outcome = self.cell(defense_dir, lambda: erase_run(defense, str(teacher_dir), dcfg,
+                                                                           str(defense_dir)))
+                    except InputError as e:
+                        outcome = {"run": str(defense_dir), "status": "failed", "error": str(e)}
+                rows.append(self.result_row(ids, defense, outcome))
+                bar.update(1)
+        bar.close()
+        return rows
+
+    @staticmethod
+    def result_row(ids: dict, defense: str, outcome: dict) -> dict:
+        """One results row: the cell's identity, status and (if finished) its metrics."""
+        row = {**ids, "defense": defense, "status": outcome["status"], "seconds": outcome.get("seconds"),
+               "run": outcome["run"], "error": outcome.get("error", "")}
+        if outcome["status"] == "complete":
+            _, table_row = run_row(Path(outcome["run"]))
+            row.update({k: table_row.get(k, "-") for k in ("C-Acc", "ASR", "ASR*", "RA", "DER")})
+        return row
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    """results.csv, results.md (with the metric conventions) and plots/asr_cacc.png."""
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*RESULTS_COLUMNS, "error"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["# Results", "", CONVENTIONS, "| " + " | ".join(RESULTS_COLUMNS[:-1]) + " |",
+             "|" + "---|" * (len(RESULTS_COLUMNS) - 1)]
+    for row in rows:
+        cells = [str(row.get(c) if row.get(c) is not None else "-") for c in RESULTS_COLUMNS[:-1]]
+        if row["status"] not in ("complete",):
+            cells[RESULTS_COLUMNS.index("status")] = f"{row['status']}: {row.get('error', '')}"
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot_results(out / "plots" / "asr_cacc.png", rows)
+
+
+def plot_results(path: Path, rows: list[dict]) -> None:
+    """Grouped bars of C-Acc and ASR per (attack, defense) for the finished cells ('none' = teacher)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "complete" and r.get("ASR", "-") != "-"]
+    if not done:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = [f"{r['attack']}\n{r['defense']}" + (f"\ns{r['seed']}" if len({x['seed'] for x in done}) > 1 else "")
+              for r in done]
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(done) + 2), 3.5))
+    x = range(len(done))
+    ax.bar([i - 0.2 for i in x], [float(r["C-Acc"]) for r in done], 0.4, label="C-Acc")
+    ax.bar([i + 0.2 for i in x], [float(r["ASR"]) for r in done], 0.4, label="ASR")
+    ax.set_xticks(list(x), labels, fontsize=7)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title("before (defense 'none') and after each defense", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_matrix(cfg) -> list[dict]:
+    """Validates the matrix config, runs it, writes and prints the results."""
+    for name in ("datasets", "models", "attacks", "defenses", "seeds"):
+        if not cfg.get(name):
+            raise InputError(f"matrix config: {name} is empty; expected at least one entry")
+    from experiments.defenses import DEFENSES
+
+    for defense in cfg.defenses:
+        if defense not in DEFENSES:
+            raise InputError(f"matrix config: unknown defense {defense!r}; expected one of {', '.join(DEFENSES)}")
+    for attack in cfg.attacks:
+        get_attack(attack)
+    matrix = Matrix(cfg)
+    rows = matrix.run()
+    write_results(matrix.out, rows)
+    print((matrix.out / "results.md").read_text())
+    return rows
+
+
+def main():
+    config = config_flags.DEFINE_config_file("config", "experiments/configs/matrix_quickstart.py", "matrix config")
+    app.run(lambda argv: run_cli(lambda: run_matrix(config.value)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""experiments.run: a tiny matrix on shipped digits; finished cells are reused, a failing cell is
+reported without stopping the others, and the table has one row per cell."""
+
+import csv
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from backdoor_core.errors import InputError
+from experiments.configs import matrix_quickstart
+from experiments.run import apply_overrides, run_matrix
+
+
+@pytest.fixture
+def tiny_matrix(tmp_path, mnist_subset):
+    train, test = mnist_subset
+    keep = np.random.default_rng(1).permutation(len(train))[:1200]
+    np.savez(tmp_path / "digits.npz", x_train=train.images[keep], y_train=train.labels[keep],
+             x_test=test.images[:300], y_test=test.labels[:300])
+    c = matrix_quickstart.get_config()
+    c.out = str(tmp_path / "matrix")
+    c.datasets = ml_collections.ConfigDict({"digits": dict(
+        source=str(tmp_path / "digits.npz"), attack_config="experiments.configs.attack_base",
+        overrides=dict(num_devices=1, train=dict(epochs=1, batch_size=64, learning_rate=0.05)))})
+    c.defenses = ("clp", "ft")
+    # FT with a batch larger than its 5% clean set (60 images) fails with an InputError.
+    c.defense_overrides = ml_collections.ConfigDict({"ft": dict(num_devices=1, aft=dict(batch_size=512)),
+                                                     "clp": dict(num_devices=1)})
+    return c
+
+
+def read_cells(out):
+    return [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
+
+
+def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
+    out = tmp_path / "matrix"
+    rows = run_matrix(tiny_matrix)
+    assert [(r["defense"], r["status"]) for r in rows] == [("none", "complete"), ("clp", "complete"), ("ft", "failed")]
+    assert "fewer than one batch" in rows[2]["error"]
+    assert rows[1]["ASR"] != "-" and float(rows[0]["C-Acc"]) > 50
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3 and [r["defense"] for r in table] == ["none", "clp", "ft"]
+    md = (out / "results.md").read_text()
+    assert md.count("| digits |") == 3 and "failed: InputError" in md
+    assert (out / "plots" / "asr_cacc.png").is_file()
+    first = read_cells(out)
+    assert [c["status"] for c in first] == ["complete", "complete", "failed"]
+
+    again = run_matrix(tiny_matrix)  # finished cells reused; only the failed one runs again
+    cells = read_cells(out)
+    assert len(cells) == 4 and cells[-1]["run"].endswith("-ft") and cells[-1]["status"] == "failed"
+    assert [r["C-Acc"] for r in again[:2]] == [r["C-Acc"] for r in rows[:2]]
+    assert again[0]["seconds"] == first[0]["seconds"]  # the reused cell keeps its first wall time
+
+
+def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
+    tiny_matrix.defenses = ("clp", "nope")
+    with pytest.raises(InputError, match="unknown defense 'nope'"):
+        run_matrix(tiny_matrix)
+    assert not (tmp_path / "matrix").exists()
+
+
+def test_apply_overrides_names_the_unknown_key():
+    cfg = ml_collections.ConfigDict({"train": {"epochs": 1}})
+    assert apply_overrides(cfg, {"train": {"epochs": 4}}).train.epochs == 4
+    with pytest.raises(InputError, match="'train.epocs'"):
+        apply_overrides(cfg, {"train": {"epocs": 4}})
+
+
+@pytest.mark.parametrize("name", ["matrix_quickstart", "matrix_cifar10_cpu", "matrix_gtsrb_cpu", "matrix_cifar10_paper",
+                                  "matrix_gtsrb_paper"])
+def test_shipped_matrix_configs_build_every_cell_config(name):
+    import importlib
+
+    from experiments.run import Matrix
+
+    cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
+    matrix = Matrix.__new__(Matrix)  # only the config builders, no output directory
+    matrix.cfg = cfg
+    for dataset in cfg.datasets:
+        for model in cfg.models:
+            for attack in cfg.attacks:
+                teacher = matrix.teacher_config(dataset, model.name, model.width, attack, 0, None)
+                assert teacher.attack == attack and teacher.dataset == cfg.datasets[dataset].source
+    assert [matrix.defense_config(d).defense for d in cfg.defenses] == [
+        "dhbe" if d == "dfad" else d for d in cfg.defenses]
