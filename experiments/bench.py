@@ -1,0 +1,157 @@
+"""Benchmarks: our jitted steps against PyTorch doing the same work, in the same process.
+
+  python -m experiments.bench train [--vs torch] [--model resnet18] [--widths 0.25 1] [--batch 128]
+  python -m experiments.bench pgd   [--vs torch] ...
+
+`train`: one SGD step (momentum 0.9, wd 5e-4, cross-entropy, BN in train mode) of a CIFAR
+ResNet-18 on a fixed float batch; PyTorch: the same model (experiments/bench_torch.py) with
+our weights copied in, eager, `torch.optim.SGD`. `pgd`: PBE's PGD-7 (L-inf 6/255, step
+1.2/255, no random start) on a batch; PyTorch: torchattacks.PGD on the same weights. Timing:
+after warm-up (compilation), the two sides alternate for `--repeats` rounds of `--steps` calls
+each; the table gives the median seconds per call and the ratio torch / ours (> 1: we are
+faster). torch uses `--threads` threads (default: the machine's cores); JAX uses its default.
+Before timing, both sides are checked to compute the same logits (max abs difference printed).
+torch and torchattacks are optional benchmark dependencies (`pip install torch torchattacks`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attacks.pgd import PGDConfig, make_pgd_fn
+from backdoor_core.models import ModelSpec, build_model, init_variables
+from backdoor_core.sharding import make_mesh
+from backdoor_core.train import TrainConfig, create_train_state, make_optimizer, sgd_update
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+
+
+def conv_gflop(spec: ModelSpec, batch: int) -> float:
+    """Forward multiply-adds x 2 of the model's convolutions and head on a batch, in GFLOP."""
+    from flax import linen as nn
+
+    flops = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        m = context.module
+        if context.method_name == "__call__" and isinstance(m, (nn.Conv, nn.Dense)):
+            cin = args[0].shape[-1]
+            k = int(np.prod(getattr(m, "kernel_size", (1,))))
+            flops.append(2 * np.prod(out.shape) * cin * k)
+        return out
+
+    module = build_model(spec)
+    variables = jax.eval_shape(lambda: init_variables(spec, jax.random.PRNGKey(0)))
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables,
+                       jax.ShapeDtypeStruct((batch, *spec.image_shape), jnp.float32))
+    return float(sum(flops)) / 1e9
+
+
+def our_train(spec: ModelSpec, variables, x: np.ndarray, y: np.ndarray):
+    """A zero-argument callable running one jitted SGD step (state donated) and waiting for it."""
+    module = build_model(spec)
+    tx = make_optimizer(TrainConfig(epochs=1, batch_size=len(x), learning_rate=0.1, schedule="constant"), 1)
+    step = jax.jit(lambda s, x, y: sgd_update(module, tx, s, x, y), donate_argnums=0)
+    box = [create_train_state(variables, tx, 0)]
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+
+    def run():
+        box[0], metrics = step(box[0], xj, yj)
+        metrics["loss"].block_until_ready()
+
+    return run
+
+
+def our_pgd(spec: ModelSpec, variables, x: np.ndarray, y: np.ndarray):
+    """A zero-argument callable running PBE's PGD-7 on the batch and waiting for it."""
+    fn = make_pgd_fn(build_model(spec), variables, PGDConfig.pbe(), make_mesh(1))
+    xj, yj, key = jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(0)
+    return lambda: fn(xj, yj, key).block_until_ready()
+
+
+def alternate(fns: dict, repeats: int, steps: int) -> dict:
+    """Median seconds per call of each callable, timed in alternating rounds after one warm-up."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench(task: str, model: str, width: float, batch: int, vs_torch: bool, repeats: int, steps: int,
+          threads: int) -> dict:
+    """One benchmark row: seconds per call (ours, torch), ratio, GFLOP/s, logits agreement."""
+    spec = ModelSpec(model, 10, (32, 32, 3), width, CIFAR_MEAN, CIFAR_STD)
+    variables = jax.device_get(init_variables(spec, jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(batch, 32, 32, 3)).astype(np.float32)
+    y = rng.integers(0, 10, size=batch).astype(np.int32)
+    fns = {"ours": (our_train if task == "train" else our_pgd)(spec, variables, x, y)}
+    row = {"task": task, "model": model, "width": width, "batch": batch}
+    if vs_torch:
+        import torch
+
+        from experiments import bench_torch
+
+        torch.set_num_threads(threads)
+        tmodel = bench_torch.TorchCifarResNet(10, width, model == "preact_resnet18", CIFAR_MEAN, CIFAR_STD)
+        bench_torch.load_flax_variables(tmodel, variables).eval()
+        xt, yt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y.astype(np.int64))
+        with torch.no_grad():
+            theirs = tmodel(xt).numpy()
+        ours = np.asarray(build_model(spec).apply(variables, jnp.asarray(x), train=False))
+        row["max_logit_diff"] = float(np.abs(theirs - ours).max())
+        if task == "train":
+            fns["torch"] = (lambda step: lambda: step(xt, yt).item())(bench_torch.sgd_step_fn(tmodel))
+        else:
+            attack, row["torch_impl"] = bench_torch.pgd_fn(tmodel, 6 / 255, 1.2 / 255, 7)
+            fns["torch"] = lambda: attack(xt, yt)
+    medians = alternate(fns, repeats, steps)
+    # train: forward + backward (input and weight gradients) ~ 3x forward; PGD-7: 7 x (forward +
+    # input gradient only) ~ 7 x 2x forward. Convolutions and the head only (BN, ReLU not counted).
+    work = conv_gflop(spec, batch) * (3 if task == "train" else 14)
+    row.update({f"{k}_s": round(v, 4) for k, v in medians.items()})
+    row["ours_gflops"] = round(work / medians["ours"], 1)
+    if "torch" in medians:
+        row["torch_gflops"] = round(work / medians["torch"], 1)
+        row["ratio_torch_over_ours"] = round(medians["torch"] / medians["ours"], 2)
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", choices=("train", "pgd"))
+    parser.add_argument("--vs", choices=("torch",), help="also time the PyTorch reference")
+    parser.add_argument("--model", default="resnet18", choices=("resnet18", "preact_resnet18"))
+    parser.add_argument("--widths", type=float, nargs="+", default=(0.25, 1.0))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args(argv)
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+          f"({jax.default_backend()}), batch {args.batch}, median of {args.repeats} rounds of {args.steps} calls")
+    for width in args.widths:
+        row = bench(args.task, args.model, width, args.batch, args.vs == "torch", args.repeats, args.steps, args.threads)
+        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
