@@ -51,6 +51,7 @@ from backdoor_core.data import Split, batch_indices, steps_per_epoch
 from backdoor_core.errors import InputError
 from backdoor_core.fit import FitResult, check_split_fits
 from backdoor_core.models import build_model, init_variables
+from backdoor_core.models.conv import conv_fn
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate, replicated, shard_batch
 from backdoor_core.train import TrainConfig, cross_entropy, learning_rate_schedule, make_optimizer
 
@@ -91,7 +92,7 @@ class IADParams:
 
 def _conv_block(x: jax.Array, channels: int) -> jax.Array:
     """Conv 3x3 -> GroupNorm -> ReLU (inside a compact module)."""
-    x = nn.Conv(channels, (3, 3))(x)
+    x = nn.Conv(channels, (3, 3), conv_general_dilated=conv_fn())(x)
     return nn.relu(nn.GroupNorm(num_groups=math.gcd(8, channels))(x))
 
 
@@ -117,7 +118,7 @@ class EncoderDecoder(nn.Module):
             c //= 2
             x = jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), "nearest")
             x = _conv_block(_conv_block(x, c), c)
-        return nn.Conv(self.out_channels, (3, 3))(x)
+        return nn.Conv(self.out_channels, (3, 3), conv_general_dilated=conv_fn())(x)
 
 
 def generate_pattern(params, images: jax.Array, base_channels: int, depth: int) -> jax.Array:

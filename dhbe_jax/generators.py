@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from backdoor_core.models.conv import conv_fn
+
 _bn = dict(use_running_average=False, momentum=0.9, epsilon=1e-5)
 
 
@@ -51,9 +53,9 @@ class _UpsamplingTrunk(nn.Module):
         x = nn.Dense(wide * (h // 4) * (w // 4))(z).reshape(z.shape[0], h // 4, w // 4, wide)
         x = nn.BatchNorm(**_bn)(x)
         for features in (wide, self.ngf):
-            x = nn.Conv(features, (3, 3), padding=1)(_upsample2x(x))
+            x = nn.Conv(features, (3, 3), padding=1, conv_general_dilated=conv_fn())(_upsample2x(x))
             x = nn.leaky_relu(nn.BatchNorm(**_bn)(x), 0.2)
-        return nn.Conv(c, (3, 3), padding=1)(x)
+        return nn.Conv(c, (3, 3), padding=1, conv_general_dilated=conv_fn())(x)
 
 
 def straight_through_clip(x: jax.Array) -> jax.Array:
@@ -90,7 +92,7 @@ class PatchTriggerGenerator(nn.Module):
         p = self.patch_size
         x = nn.Dense(64 * p * p)(z).reshape(z.shape[0], p, p, 64)
         x = nn.BatchNorm(**_bn)(x)
-        x = nn.Conv(self.channels, (3, 3), padding=1)(x)
+        x = nn.Conv(self.channels, (3, 3), padding=1, conv_general_dilated=conv_fn())(x)
         x = nn.BatchNorm(use_scale=False, use_bias=False, **_bn)(x)
         return jnp.tanh(x)
 

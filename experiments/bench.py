@@ -29,6 +29,7 @@ import numpy as np
 
 from attacks.pgd import PGDConfig, make_pgd_fn
 from backdoor_core.models import ModelSpec, build_model, init_variables
+from backdoor_core.models.conv import IMPLEMENTATIONS, conv_impl
 from backdoor_core.sharding import make_mesh
 from backdoor_core.train import TrainConfig, create_train_state, make_optimizer, sgd_update
 
@@ -144,9 +145,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--conv", choices=IMPLEMENTATIONS, help="our convolution (default: im2col on CPU, XLA elsewhere)")
     args = parser.parse_args(argv)
+    if args.conv:
+        os.environ["BACKDOOR_CONV"] = args.conv
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
-          f"({jax.default_backend()}), batch {args.batch}, median of {args.repeats} rounds of {args.steps} calls")
+          f"({jax.default_backend()}), our conv {conv_impl()}, batch {args.batch}, median of {args.repeats} rounds of {args.steps} calls")
     for width in args.widths:
         row = bench(args.task, args.model, width, args.batch, args.vs == "torch", args.repeats, args.steps, args.threads)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)

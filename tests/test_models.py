@@ -71,3 +71,36 @@ def test_bad_specs(kwargs, message):
     base = dict(name="small_cnn", num_classes=10, image_shape=(28, 28, 1), width=1.0, mean=(0.5,), std=(0.5,))
     with pytest.raises(InputError, match=message):
         ModelSpec(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("kernel, stride, pad", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (3, 1, 0)])
+def test_im2col_conv_equals_xla_conv_with_gradients(kernel, stride, pad):
+    from jax import lax
+
+    from backdoor_core.models.conv import im2col_conv
+
+    rng = np.random.default_rng(kernel + stride + pad)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 6)), jnp.float32)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    conv = lambda f: lambda x, w: f(x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=dn)
+    ours, xla = conv(im2col_conv), conv(lax.conv_general_dilated)
+    np.testing.assert_allclose(ours(x, w), xla(x, w), atol=1e-4, rtol=1e-5)
+    grad = lambda f: jax.grad(lambda x, w: (f(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
+    for a, b in zip(grad(ours), grad(xla)):
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
+
+
+def test_registry_model_is_the_same_function_with_either_conv(monkeypatch):
+    spec = ModelSpec("preact_resnet18", 10, (32, 32, 3), 0.125, (0.5,) * 3, (0.25,) * 3)
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    outputs = {}
+    for impl in ("xla", "im2col"):
+        monkeypatch.setenv("BACKDOOR_CONV", impl)
+        model = build_model(spec)
+        variables = init_variables(spec, jax.random.PRNGKey(0))
+        outputs[impl] = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+    np.testing.assert_allclose(outputs["im2col"], outputs["xla"], atol=1e-4, rtol=1e-4)
+    monkeypatch.setenv("BACKDOOR_CONV", "nope")
+    with pytest.raises(ValueError, match="BACKDOOR_CONV='nope'"):
+        build_model(spec).apply(variables, x, train=False)

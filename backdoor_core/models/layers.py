@@ -6,6 +6,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from backdoor_core.models.conv import conv_fn
+
 # PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), which the papers' code uses.
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 # PyTorch's default initialisation (kaiming_uniform with a = sqrt(5)), which the papers' models use.
@@ -14,10 +16,11 @@ conv_init = torch_init
 
 
 def Conv(features: int, kernel: int = 3, stride: int = 1, name: str | None = None) -> nn.Conv:
-    """A bias-free 'same'-padded square convolution (the papers' ResNets use no conv bias)."""
+    """A bias-free 'same'-padded square convolution (the papers' ResNets use no conv bias),
+    computed by `conv.conv_fn()` (im2col on CPU, XLA's convolution on accelerators)."""
     pad = (kernel - 1) // 2
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=False, kernel_init=conv_init, name=name)
+                   use_bias=False, kernel_init=conv_init, name=name, conv_general_dilated=conv_fn())
 
 
 def scaled(channels: int, width: float) -> int:
