@@ -2,11 +2,15 @@
 
   python -m experiments.bench train [--vs torch] [--model resnet18] [--widths 0.25 1] [--batch 128]
   python -m experiments.bench pgd   [--vs torch] ...
+  python -m experiments.bench dhbe  [--vs torch] [--batch 32] ...
 
 `train`: one SGD step (momentum 0.9, wd 5e-4, cross-entropy, BN in train mode) of a CIFAR
 ResNet-18 on a fixed float batch; PyTorch: the same model (experiments/bench_torch.py) with
 our weights copied in, eager, `torch.optim.SGD`. `pgd`: PBE's PGD-7 (L-inf 6/255, step
-1.2/255, no random start) on a batch; PyTorch: torchattacks.PGD on the same weights. Timing:
+1.2/255, no random start) on a batch; PyTorch: torchattacks.PGD on the same weights. `dhbe`:
+one DHBE iteration (official settings: 5 student steps, a G step, a G_p step; patch triggers,
+ngf 64, nz 256) with the student initialised from the model; PyTorch: the official code's
+update loop written eagerly (`bench_torch.dhbe_iteration_fn`, same networks, same order). Timing:
 after warm-up (compilation), the two sides alternate for `--repeats` rounds of `--steps` calls
 each; the table gives the median seconds per call and the ratio torch / ours (> 1: we are
 faster). torch uses `--threads` threads (default: the machine's cores); JAX uses its default.
@@ -30,7 +34,7 @@ import numpy as np
 from attacks.pgd import PGDConfig, make_pgd_fn
 from backdoor_core.models import ModelSpec, build_model, init_variables
 from backdoor_core.models.conv import IMPLEMENTATIONS, conv_impl
-from backdoor_core.sharding import make_mesh
+from backdoor_core.sharding import make_mesh, replicate
 from backdoor_core.train import TrainConfig, create_train_state, make_optimizer, sgd_update
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
@@ -81,6 +85,25 @@ def our_pgd(spec: ModelSpec, variables, x: np.ndarray, y: np.ndarray):
     return lambda: fn(xj, yj, key).block_until_ready()
 
 
+def our_dhbe(spec: ModelSpec, variables, batch: int):
+    """A zero-argument callable running one jitted DHBE iteration (official settings, patch triggers)."""
+    from dhbe_jax import DHBEConfig
+    from dhbe_jax.erase import compiled_iteration
+    from dhbe_jax.step import init_state
+
+    config = DHBEConfig(batch_size=batch, trigger_families=("patch",))
+    mesh = make_mesh(1)
+    players, iteration = compiled_iteration(spec, config, mesh)
+    box = [replicate(mesh, init_state(players, variables, config, jax.random.PRNGKey(0)))]
+    teacher = replicate(mesh, variables)
+
+    def run():
+        box[0], metrics = iteration(box[0], teacher)
+        jax.block_until_ready(metrics)
+
+    return run
+
+
 def alternate(fns: dict, repeats: int, steps: int) -> dict:
     """Median seconds per call of each callable, timed in alternating rounds after one warm-up."""
     for fn in fns.values():
@@ -103,7 +126,10 @@ def bench(task: str, model: str, width: float, batch: int, vs_torch: bool, repea
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(batch, 32, 32, 3)).astype(np.float32)
     y = rng.integers(0, 10, size=batch).astype(np.int32)
-    fns = {"ours": (our_train if task == "train" else our_pgd)(spec, variables, x, y)}
+    if task == "dhbe":
+        fns = {"ours": our_dhbe(spec, variables, batch)}
+    else:
+        fns = {"ours": (our_train if task == "train" else our_pgd)(spec, variables, x, y)}
     row = {"task": task, "model": model, "width": width, "batch": batch}
     if vs_torch:
         import torch
@@ -120,13 +146,19 @@ def bench(task: str, model: str, width: float, batch: int, vs_torch: bool, repea
         row["max_logit_diff"] = float(np.abs(theirs - ours).max())
         if task == "train":
             fns["torch"] = (lambda step: lambda: step(xt, yt).item())(bench_torch.sgd_step_fn(tmodel))
+        elif task == "dhbe":
+            student = bench_torch.load_flax_variables(
+                bench_torch.TorchCifarResNet(10, width, model == "preact_resnet18", CIFAR_MEAN, CIFAR_STD), variables)
+            fns["torch"] = bench_torch.dhbe_iteration_fn(tmodel, student, batch)
         else:
             attack, row["torch_impl"] = bench_torch.pgd_fn(tmodel, 6 / 255, 1.2 / 255, 7)
             fns["torch"] = lambda: attack(xt, yt)
     medians = alternate(fns, repeats, steps)
     # train: forward + backward (input and weight gradients) ~ 3x forward; PGD-7: 7 x (forward +
-    # input gradient only) ~ 7 x 2x forward. Convolutions and the head only (BN, ReLU not counted).
-    work = conv_gflop(spec, batch) * (3 if task == "train" else 14)
+    # input gradient only) ~ 7 x 2x forward; DHBE: 5 student steps x (teacher forward + 2 student
+    # forwards and backwards) + the G and G_p steps ~ 43x forward. Convolutions and the classifier
+    # head only (BN, ReLU and the generators not counted).
+    work = conv_gflop(spec, batch) * {"train": 3, "pgd": 14, "dhbe": 43}[task]
     row.update({f"{k}_s": round(v, 4) for k, v in medians.items()})
     row["ours_gflops"] = round(work / medians["ours"], 1)
     if "torch" in medians:
@@ -137,7 +169,7 @@ def bench(task: str, model: str, width: float, batch: int, vs_torch: bool, repea
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task", choices=("train", "pgd"))
+    parser.add_argument("task", choices=("train", "pgd", "dhbe"))
     parser.add_argument("--vs", choices=("torch",), help="also time the PyTorch reference")
     parser.add_argument("--model", default="resnet18", choices=("resnet18", "preact_resnet18"))
     parser.add_argument("--widths", type=float, nargs="+", default=(0.25, 1.0))
@@ -145,7 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--conv", choices=IMPLEMENTATIONS, help="our convolution (default: im2col on CPU, XLA elsewhere)")
+    parser.add_argument("--conv", choices=IMPLEMENTATIONS, help="our convolution (default: XLA's; see backdoor_core/models/conv.py)")
     args = parser.parse_args(argv)
     if args.conv:
         os.environ["BACKDOOR_CONV"] = args.conv

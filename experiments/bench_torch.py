@@ -130,3 +130,79 @@ def pgd_fn(model: nn.Module, eps: float, alpha: float, steps: int):
                 adv = torch.min(torch.max(adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
             return adv
         return attack, "PGD loop (torchattacks not installed)"
+
+
+class DFADGenerator(nn.Module):
+    """The official DHBE/DFAD sample generator (Linear, BN, 2 x [up, conv, BN, LeakyReLU], conv, tanh, BN)."""
+
+    def __init__(self, nz: int = 256, ngf: int = 64, channels: int = 3, size: int = 32):
+        super().__init__()
+        self.init_size = size // 4
+        self.l1 = nn.Linear(nz, 2 * ngf * self.init_size ** 2)
+        self.bn0 = nn.BatchNorm2d(2 * ngf)
+        self.conv1, self.bn1 = nn.Conv2d(2 * ngf, 2 * ngf, 3, 1, 1), nn.BatchNorm2d(2 * ngf)
+        self.conv2, self.bn2 = nn.Conv2d(2 * ngf, ngf, 3, 1, 1), nn.BatchNorm2d(ngf)
+        self.conv3, self.bn3 = nn.Conv2d(ngf, channels, 3, 1, 1), nn.BatchNorm2d(channels, affine=False)
+
+    def forward(self, z):
+        x = self.bn0(self.l1(z).view(z.shape[0], -1, self.init_size, self.init_size))
+        x = F.leaky_relu(self.bn1(self.conv1(F.interpolate(x, scale_factor=2))), 0.2)
+        x = F.leaky_relu(self.bn2(self.conv2(F.interpolate(x, scale_factor=2))), 0.2)
+        return self.bn3(torch.tanh(self.conv3(x)))
+
+
+class PatchGenerator(nn.Module):
+    """The official trigger generator: Linear, BN, conv, BN (no affine), tanh -> [B, C, P, P]."""
+
+    def __init__(self, nz: int = 256, patch: int = 5, channels: int = 3):
+        super().__init__()
+        self.patch = patch
+        self.l1, self.bn0 = nn.Linear(nz, 64 * patch * patch), nn.BatchNorm2d(64)
+        self.conv, self.bn1 = nn.Conv2d(64, channels, 3, 1, 1), nn.BatchNorm2d(channels, affine=False)
+
+    def forward(self, z):
+        x = self.bn0(self.l1(z).view(z.shape[0], 64, self.patch, self.patch))
+        return torch.tanh(self.bn1(self.conv(x)))
+
+
+def dhbe_iteration_fn(teacher: nn.Module, student: nn.Module, batch: int, nz: int = 256, lam: float = 0.1,
+                      student_steps: int = 5, size: int = 32):
+    """One DHBE iteration the official way: 5 student steps, one G step, one G_p step, eagerly.
+
+    As in the official code, the generator steps backpropagate through the teacher's and the
+    student's weights too (their gradients are computed and never used), the teacher is in eval
+    mode and the student in train mode, and one patch position is drawn per batch.
+    """
+    gen, trig = DFADGenerator(nz), PatchGenerator(nz)
+    opt_s = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt_g, opt_p = torch.optim.Adam(gen.parameters(), lr=1e-3), torch.optim.Adam(trig.parameters(), lr=1e-3)
+    teacher.eval()
+    student.train()
+
+    def add_patch(x, p):
+        i, j = np.random.randint(0, size - p.shape[-1] + 1, size=2)
+        return x + F.pad(p, (j, size - j - p.shape[-1], i, size - i - p.shape[-2]))
+
+    def iteration():
+        for _ in range(student_steps):
+            fake = gen(torch.randn(batch, nz)).detach()
+            pattern = trig(torch.randn(batch, nz)).detach()
+            t_logit, s_logit = teacher(fake).detach(), student(fake)
+            s_p = student(add_patch(fake, pattern))
+            loss = F.l1_loss(s_logit, t_logit) + lam * F.l1_loss(s_p, s_logit.detach())
+            opt_s.zero_grad()
+            loss.backward()
+            opt_s.step()
+        fake = gen(torch.randn(batch, nz))
+        loss_g = -F.l1_loss(student(fake), teacher(fake))
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        fake = gen(torch.randn(batch, nz)).detach()
+        loss_p = -F.l1_loss(student(add_patch(fake, trig(torch.randn(batch, nz)))), student(fake).detach())
+        opt_p.zero_grad()
+        loss_p.backward()
+        opt_p.step()
+        return float(loss_p.detach())
+
+    return iteration

@@ -1,20 +1,22 @@
 """The convolution implementation behind every registry model (and DHBE's generators).
 
-On CPU backends XLA's native convolution is slow (one 3x3 conv layer, batch 128, 64->64 channels,
-forward + backward: ~19 GFLOP/s on the project's 2-core machine), while the same convolution as
-im2col - the kh x kw shifted slices of the padded input concatenated along channels, then one
-matrix product with the kernel reshaped to [kh * kw * C_in, C_out] - runs at ~56-60 GFLOP/s,
-because XLA:CPU's matrix product is well tuned. On GPUs and TPUs XLA's convolution (cuDNN) is
-the fast one. `conv_fn()` picks: im2col on CPU, XLA elsewhere; `BACKDOOR_CONV=xla|im2col`
-forces one. Both compute the same function (tests/test_models.py checks them against each
-other), and the parameters are the same `nn.Conv` kernels, so checkpoints do not depend on it.
+Two implementations compute the same function with the same `nn.Conv` parameters (so
+checkpoints do not depend on the choice): XLA's native convolution, and im2col - the kh x kw
+shifted slices of the padded input concatenated along channels, then one matrix product with
+the kernel reshaped to [kh * kw * C_in, C_out]. im2col was expected to be faster on XLA:CPU
+(an earlier measurement on this project's 2-core machine: 19 vs 56-60 GFLOP/s for a 3x3
+64->64 layer, batch 128, forward + backward), but with jax 0.10.2 it is not (2026-11-26,
+docs/performance.md: XLA 36.5 vs im2col 31.5 GFLOP/s for that layer,
+20.0 vs 11.8 at 16 channels; a ResNet-18 SGD step is equal at width 1, PGD at width 1/4 is 2.4x
+slower with im2col, whose input gradient goes through pads and scatter-adds). So XLA's
+convolution is the default everywhere; `BACKDOOR_CONV=im2col` selects the other, for machines or
+versions where it pays.
 """
 
 from __future__ import annotations
 
 import os
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -22,13 +24,13 @@ IMPLEMENTATIONS = ("xla", "im2col")
 
 
 def conv_impl() -> str:
-    """'im2col' on CPU backends, 'xla' otherwise, unless BACKDOOR_CONV names one."""
+    """'xla' (measured fastest here on CPU too), unless BACKDOOR_CONV names 'im2col'."""
     forced = os.environ.get("BACKDOOR_CONV")
     if forced:
         if forced not in IMPLEMENTATIONS:
             raise ValueError(f"BACKDOOR_CONV={forced!r}; expected one of {IMPLEMENTATIONS}")
         return forced
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return "xla"
 
 
 def conv_fn():

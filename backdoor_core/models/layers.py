@@ -17,7 +17,7 @@ conv_init = torch_init
 
 def Conv(features: int, kernel: int = 3, stride: int = 1, name: str | None = None) -> nn.Conv:
     """A bias-free 'same'-padded square convolution (the papers' ResNets use no conv bias),
-    computed by `conv.conv_fn()` (im2col on CPU, XLA's convolution on accelerators)."""
+    computed by `conv.conv_fn()` (XLA's convolution unless BACKDOOR_CONV=im2col)."""
     pad = (kernel - 1) // 2
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                    use_bias=False, kernel_init=conv_init, name=name, conv_general_dilated=conv_fn())
