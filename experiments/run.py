@@ -137,6 +137,8 @@ class Matrix:
             clean_run = None
             if get_attack(attack).needs_clean_model:
                 clean_dir = self.out / "teachers" / teacher_name(dataset, model, "clean", seed)
+                # The teachers' config (same recipe and overrides); train_clean reads only the
+                # dataset, model, width, train, num_devices, stop_after_steps and out fields.
                 clean_cfg = self.teacher_config(dataset, model, width, "badnets", seed, None)
                 clean_cfg.out = str(clean_dir)
                 self.cell(clean_dir, lambda: train_clean(clean_cfg))
