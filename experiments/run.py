@@ -10,6 +10,8 @@ cells.jsonl (one line per cell run: status, seconds, error), results.csv, result
 plots/asr_cacc.png. Every cell is an ordinary run directory, so a cell that already finished
 is reused (and a half-finished one resumes) when the matrix runs again; a cell that fails is
 reported in cells.jsonl and results.md, and the matrix goes on (its dependants are skipped).
+With `--config.reuse_only=True` nothing is trained: the table is assembled from the cells that
+already exist (e.g. run directories made on another machine, linked into `out`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class Matrix:
         if is_complete(run_dir):
             old = self.previous.get(key, {})
             return {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True}
+        if self.cfg.get("reuse_only"):
+            return {"run": key, "status": "not run", "error": "reuse_only: no finished run here"}
         start = time.perf_counter()
         try:
             fn()

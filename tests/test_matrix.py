@@ -56,6 +56,12 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     assert [r["C-Acc"] for r in again[:2]] == [r["C-Acc"] for r in rows[:2]]
     assert again[0]["seconds"] == first[0]["seconds"]  # the reused cell keeps its first wall time
 
+    tiny_matrix.reuse_only = True  # tabulate only: the unfinished cell is listed, not run
+    tiny_matrix.defenses = ("clp", "ft", "pbe")
+    listed = run_matrix(tiny_matrix)
+    assert [r["status"] for r in listed] == ["complete", "complete", "not run", "not run"]
+    assert len(read_cells(out)) == 4 and not (out / "defenses" / "digits-small_cnn-badnets-s0-pbe").exists()
+
 
 def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     tiny_matrix.defenses = ("clp", "nope")

@@ -26,6 +26,7 @@ def matrix(name: str, source: str, attacks, defenses, variant: str, model: str =
     c.defenses = tuple(defenses)
     c.seeds = (0,)
     c.variant = variant
+    c.reuse_only = False  # True: only tabulate cells that already finished
     c.attack_overrides = ml_collections.ConfigDict()
     c.defense_overrides = ml_collections.ConfigDict()
     return c

@@ -19,6 +19,7 @@ def get_config():
     c.defenses = ("dhbe", "pbe", "clp")
     c.seeds = (0,)
     c.variant = "smoke"  # each defense config's variant
+    c.reuse_only = False  # True: only tabulate cells that already finished
     c.attack_overrides = ml_collections.ConfigDict()
     c.defense_overrides = ml_collections.ConfigDict({"dhbe": dict(dhbe=dict(iterations=200, batch_size=64))})
     return c
