@@ -21,7 +21,7 @@ from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.models import ModelSpec, build_model
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
-from dhbe_jax.step import DHBEConfig, DHBEState, init_state, make_iteration, make_players
+from dhbe_jax.step import DHBEConfig, DHBEState, init_state, make_generator_warmup, make_iteration, make_players
 
 
 @dataclasses.dataclass
@@ -64,11 +64,20 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
     players, iteration = compiled_iteration(spec, config, mesh)
     state = init_state(players, teacher_variables, config, rng)
     checkpoints = TrainCheckpoints(Path(run_dir) / rundir.CHECKPOINTS) if run_dir else None
-    if checkpoints and checkpoints.latest_step() is not None:
+    resumed = bool(checkpoints and checkpoints.latest_step() is not None)
+    if resumed:
         state = checkpoints.restore(state)
         rundir.truncate_history(run_dir, int(state.iteration))
+    elif run_dir and rundir.read_history(run_dir):
+        rundir.truncate_history(run_dir, -1)  # rows of an attempt stopped before its first checkpoint
     state, teacher_variables = replicate(mesh, state), replicate(mesh, teacher_variables)
     history = rundir.read_history(run_dir) if run_dir else []
+    if config.generator_warmup and not resumed:  # a restored state has its warmed-up G already
+        state, metrics = make_generator_warmup(players, config, tuple(spec.image_shape), mesh)(state, teacher_variables)
+        row = {"step": 0, **{k: float(v) for k, v in metrics.items()}}
+        history.append(row)
+        if run_dir:
+            rundir.append_history(run_dir, row)
     start = int(state.iteration)
     last = config.iterations if stop_after is None else min(stop_after, config.iterations)
     started = time.perf_counter()

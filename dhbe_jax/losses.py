@@ -30,3 +30,17 @@ def tv_l1(x: jax.Array) -> jax.Array:
 def tv_l2(x: jax.Array) -> jax.Array:
     """TV2: sum over the 4 directions of the Frobenius norm of the neighbour differences."""
     return sum(jnp.sqrt(jnp.sum(d * d)) for d in _differences(x))
+
+
+def balance_loss(logits: jax.Array) -> jax.Array:
+    """log K - H(mean_b softmax(logits_b)) for logits [B, K]: 0 when the batch's predictions are
+    spread evenly over the K classes, log K when they all fall in one class (DAFL's
+    information-entropy loss, shifted to be non-negative)."""
+    mean_p = jnp.mean(jax.nn.softmax(logits), axis=0)
+    return jnp.log(logits.shape[-1]) + jnp.sum(mean_p * jnp.log(jnp.clip(mean_p, 1e-12)))
+
+
+def confidence_loss(logits: jax.Array) -> jax.Array:
+    """Mean per-sample entropy of softmax(logits) [B, K]: 0 for one-hot predictions."""
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1))

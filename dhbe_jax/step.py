@@ -21,6 +21,7 @@ official behaviour; `student_bn_train=False` keeps the teacher's statistics inst
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -33,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import DATA_AXIS, replicated, unroll_loops
 from dhbe_jax import generators as gens
-from dhbe_jax.losses import l1_logits, tv_l1, tv_l2
+from dhbe_jax.losses import balance_loss, confidence_loss, l1_logits, tv_l1, tv_l2
 from dhbe_jax.triggers import add_full_triggers, add_patches
 
 FAMILIES = ("patch", "full")
@@ -58,6 +59,13 @@ class DHBEConfig:
         amplitude of 0.12, comparable to a blended trigger with alpha 0.2 (RMS change ~0.08).
       tv_l2_weight, tv_l1_weight: G's image-prior weights.
       student_bn_train: student forward passes in train mode (batch statistics, updated).
+      generator_warmup: G-only steps before the game (0: none, the official setting) that make
+        the teacher's predictions on G's batches confident and spread over the classes
+        (DAFL's information-entropy and one-hot losses; DEVIATION for short budgets and for
+        teachers that send every noise image to one class, see `balance_loss`). The student and
+        G_p do not move during the warm-up; the warm-up steps do not count as iterations.
+      balance_weight: weight of the class-balance term log K - H(mean teacher softmax) in G's
+        loss during the game (0: none, the official loss; DEVIATION when > 0).
     """
 
     iterations: int = 15000
@@ -82,6 +90,8 @@ class DHBEConfig:
     tv_l2_weight: float = 1e-4
     tv_l1_weight: float = 0.0
     student_bn_train: bool = True
+    generator_warmup: int = 0
+    balance_weight: float = 0.0
 
     def validate(self, image_shape) -> "DHBEConfig":
         """Returns self, or raises InputError naming the first setting that cannot work."""
@@ -89,6 +99,8 @@ class DHBEConfig:
         checks = [(self.iterations >= 1, "iterations", "at least 1"),
                   (self.batch_size >= 2, "batch_size", "at least 2 (batch norm needs a batch)"),
                   (self.student_steps >= 1, "student_steps", "at least 1"), (self.lam >= 0, "lam", "non-negative"),
+                  (self.generator_warmup >= 0, "generator_warmup", "non-negative"),
+                  (self.balance_weight >= 0, "balance_weight", "non-negative"),
                   (set(self.trigger_families) <= set(FAMILIES) and self.trigger_families, "trigger_families",
                    f"a non-empty subset of {FAMILIES}"),
                   (1 <= self.patch_size <= min(h, w), "patch_size", f"between 1 and the image side {min(h, w)}"),
@@ -252,8 +264,12 @@ def _generator_update(f: _Forward, state: DHBEState, teacher, key):
     def loss_fn(generator):
         x = f.synthesize(generator, key)
         s, stats = f.student(state.student["params"], state.student["batch_stats"], x)
-        d = l1_logits(s, f.teacher(teacher, x))
-        return -d + f.c.tv_l2_weight * tv_l2(x) + f.c.tv_l1_weight * tv_l1(x), stats
+        t = f.teacher(teacher, x)
+        d = l1_logits(s, t)
+        loss = -d + f.c.tv_l2_weight * tv_l2(x) + f.c.tv_l1_weight * tv_l1(x)
+        if f.c.balance_weight:
+            loss = loss + f.c.balance_weight * balance_loss(t)
+        return loss, stats
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.generator)
     updates, opt = f.p.generator_tx.update(grads, state.generator_opt, state.generator)
@@ -276,6 +292,41 @@ def _trigger_update(f: _Forward, state: DHBEState, key):
     updates, opt = f.p.trigger_tx.update(grads, state.trigger_opt, state.trigger)
     return state.replace(trigger=optax.apply_updates(state.trigger, updates), trigger_opt=opt,
                          student={**state.student, "batch_stats": stats}), loss
+
+
+def make_generator_warmup(players: Players, config: DHBEConfig, image_shape, mesh):
+    """The G warm-up: a function (state, teacher_variables) -> (state, metrics).
+
+    `config.generator_warmup` Adam steps (G's learning rate, an optimiser of its own that is
+    dropped afterwards) on balance_loss + confidence_loss of the teacher's logits on G's batch,
+    plus G's TV prior. Only G's parameters change; the latents come from a key folded off the
+    state's, which the game's draws do not use. Each step is one jitted call (XLA:CPU runs a
+    rolled scan of these steps several times slower). Metrics: the last step's balance and
+    confidence losses.
+    """
+    f = _Forward(players, config, image_shape, mesh)
+    tx = optax.adam(config.generator_lr)
+
+    def loss_fn(generator, teacher, key):
+        x = f.synthesize(generator, key)
+        t = f.teacher(teacher, x)
+        balance, confidence = balance_loss(t), confidence_loss(t)
+        prior = f.c.tv_l2_weight * tv_l2(x) + f.c.tv_l1_weight * tv_l1(x)
+        return balance + confidence + prior, {"warmup_balance": balance, "warmup_confidence": confidence}
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(generator, opt, teacher, key):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(generator, teacher, key)
+        updates, opt = tx.update(grads, opt, generator)
+        return optax.apply_updates(generator, updates), opt, metrics
+
+    def warmup(state: DHBEState, teacher):
+        generator, opt, metrics = state.generator, tx.init(state.generator), {}
+        for key in jax.random.split(jax.random.fold_in(state.key, 1), config.generator_warmup):
+            generator, opt, metrics = step(generator, opt, teacher, key)
+        return state.replace(generator=generator), metrics
+
+    return warmup
 
 
 def make_iteration(players: Players, config: DHBEConfig, image_shape, mesh):

@@ -39,7 +39,7 @@ def float_images(n=4, shape=(32, 32, 3), seed=0):
 # --- registry and parameters -------------------------------------------------------------
 
 def test_registry_names_and_unknown_attack():
-    assert {"badnets", "badnets_checker", "blended", "sig", "wanet", "trojannn", "lc", "iad"} <= set(ATTACKS)
+    assert {"badnets", "badnets_checker", "blended", "sig", "wanet", "trojannn", "lc", "iad", "lf"} <= set(ATTACKS)
     for name in MINE:
         assert get_attack(name).name == name
     with pytest.raises(InputError, match="unknown attack 'badnet'.*badnets, badnets_checker, blended"):

@@ -15,8 +15,9 @@ from backdoor_core.sharding import replicate
 from dhbe_jax import DHBEConfig, erase
 from dhbe_jax import generators as gens
 from dhbe_jax.erase import compiled_iteration
-from dhbe_jax.losses import l1_logits, tv_l1, tv_l2
-from dhbe_jax.step import _Forward, _generator_update, _student_update, _trigger_update, init_state
+from dhbe_jax.losses import balance_loss, confidence_loss, l1_logits, tv_l1, tv_l2
+from dhbe_jax.step import (_Forward, _generator_update, _student_update, _trigger_update, init_state,
+                           make_generator_warmup)
 from dhbe_jax.triggers import add_full_triggers, add_patches, pad_patches, random_positions
 
 SPEC = ModelSpec("small_cnn", 10, (28, 28, 1), 0.25, (0.13,), (0.3,))
@@ -218,7 +219,43 @@ def test_four_devices_match_one(teacher, mesh1, mesh4):
 @pytest.mark.parametrize("change,message", [
     (dict(patch_size=40), "patch_size = 40"), (dict(trigger_families=("huge",)), "trigger_families"),
     (dict(batch_size=1), "batch_size = 1"), (dict(lam=-1.0), "lam = -1.0"),
+    (dict(generator_warmup=-5), "generator_warmup = -5"), (dict(balance_weight=-1.0), "balance_weight"),
 ])
 def test_bad_configs(teacher, change, message):
     with pytest.raises(InputError, match=message):
         erase(teacher, dataclasses.replace(TINY, **change), jax.random.PRNGKey(0), progress=False)
+
+
+def test_balance_and_confidence_losses():
+    k = 4
+    one_class = jnp.tile(jnp.array([[30.0, 0, 0, 0]]), (8, 1))
+    spread = 30.0 * jnp.tile(jnp.eye(k), (2, 1))  # confident, two images per class
+    assert float(balance_loss(one_class)) == pytest.approx(np.log(k), abs=1e-5)
+    assert float(balance_loss(spread)) == pytest.approx(0.0, abs=1e-5)
+    assert float(confidence_loss(spread)) == pytest.approx(0.0, abs=1e-5)
+    assert float(confidence_loss(jnp.zeros((3, k)))) == pytest.approx(np.log(k), abs=1e-5)
+
+
+def test_generator_warmup_spreads_the_teachers_predictions_and_moves_only_G(teacher, mesh1):
+    config = dataclasses.replace(TINY, batch_size=32, generator_warmup=60)
+    players, state, f = _players_state(teacher, config)
+    teacher_vars = replicate(mesh1, teacher[1])
+    before = float(balance_loss(f.teacher(teacher_vars, f.synthesize(state.generator, jax.random.PRNGKey(3)))))
+    student, trigger = jax.device_get(state.student), jax.device_get(state.trigger)
+    warmed, metrics = make_generator_warmup(players, config, SPEC.image_shape, mesh1)(state, teacher_vars)
+    after = float(balance_loss(f.teacher(teacher_vars, f.synthesize(warmed.generator, jax.random.PRNGKey(3)))))
+    assert after < 0.5 * before, (before, after)
+    assert float(metrics["warmup_balance"]) < before
+    tree_close(student, warmed.student, rtol=0, atol=0)
+    tree_close(trigger, warmed.trigger, rtol=0, atol=0)
+
+
+def test_resume_with_generator_warmup(teacher, mesh1, tmp_path):
+    config = dataclasses.replace(TINY, generator_warmup=3, balance_weight=0.5)
+    full = erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "a", progress=False)
+    part = erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", stop_after=2,
+                 checkpoint_every=2, log_every=1, progress=False)
+    resumed = erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", log_every=1, progress=False)
+    tree_close(full.variables, resumed.variables, rtol=0, atol=0)
+    assert [r["step"] for r in resumed.history] == [0, 1, 2, 3, 4, 5, 6]
+    assert "warmup_balance" in resumed.history[0]

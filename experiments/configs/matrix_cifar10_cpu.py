@@ -10,7 +10,7 @@ resumes where it stopped.
 
 import ml_collections
 
-ATTACKS = ("badnets", "badnets_checker", "blended", "sig", "wanet", "trojannn", "lc", "iad")
+ATTACKS = ("badnets", "badnets_checker", "blended", "sig", "wanet", "trojannn", "lc", "iad", "lf")
 DEFENSES = ("dhbe", "pbe", "aft", "dfad", "ft", "clp")
 
 
