@@ -46,7 +46,7 @@ def erase_run(defense: str, run: str, cfg=None, out: str | None = None) -> dict:
     record = {"kind": "defense", "defense": defense, "teacher_run": str(attack_run.run_dir),
               "model": attack_run.spec.to_dict(), "dataset": attack_run.record.get("dataset"),
               "dataset_source": attack_run.dataset_source, "attack": attack_run.record.get("attack"),
-              "teacher_metrics": attack_run.teacher_metrics, "config": {"defense": _resume_relevant(cfg)}}
+              "teacher_metrics": attack_run.teacher_metrics, "config": {"defense": recorded_config(cfg)}}
     with rundir.open_run(out_dir, record) as (out_dir, _):
         metrics = defense_fn(cfg, attack_run, out_dir, mesh)
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
@@ -54,8 +54,9 @@ def erase_run(defense: str, run: str, cfg=None, out: str | None = None) -> dict:
     return metrics
 
 
-def _resume_relevant(cfg) -> dict:
-    """The config as recorded for the resume check: session-length settings may differ."""
+def recorded_config(cfg) -> dict:
+    """The defense config as recorded in the run's record (for the resume check and the matrix's
+    stale-cell check): session-length settings (stop_after) may differ between attempts."""
     settings = cfg.to_dict()
     settings.pop("stop_after", None)
     return settings

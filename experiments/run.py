@@ -8,7 +8,9 @@ Layout under `out`: teachers/<dataset>-<model>-<attack>-s<seed>/ (attack runs; a
 <dataset>-<model>-clean-s<seed> where TrojanNN or LC need one), defenses/<teacher>-<defense>/,
 cells.jsonl (one line per cell run: status, seconds, error), results.csv, results.md and
 plots/asr_cacc.png. Every cell is an ordinary run directory, so a cell that already finished
-is reused (and a half-finished one resumes) when the matrix runs again; a cell that fails is
+is reused (and a half-finished one resumes) when the matrix runs again - unless it is a
+defense cell that finished with another configuration than the matrix's (its defense config
+changed since): that cell is reported as `stale` and left untouched; a cell that fails is
 reported in cells.jsonl and results.md, and the matrix goes on (its dependants are skipped).
 With `--config.reuse_only=True` nothing is trained: the table is assembled from the cells that
 already exist (e.g. run directories made on another machine, linked into `out`).
@@ -90,10 +92,19 @@ class Matrix:
                 row = json.loads(line)
                 self.previous[row["run"]] = row
 
-    def cell(self, run_dir: Path, fn) -> dict:
-        """Runs fn() unless run_dir is finished; logs and returns {'run', 'status', 'seconds', 'error'}."""
+    def cell(self, run_dir: Path, fn, expected_config: dict | None = None) -> dict:
+        """Runs fn() unless run_dir is finished; logs and returns {'run', 'status', 'seconds', 'error'}.
+
+        A finished run whose record's `config` differs from `expected_config` (when given) is
+        'stale': neither reused as this matrix's result nor overwritten.
+        """
         key = str(run_dir)
         if is_complete(run_dir):
+            if expected_config is not None:
+                diff = rundir.config_mismatch(rundir.read_record(run_dir).get("config", {}), expected_config)
+                if diff:
+                    return {"run": key, "status": "stale",
+                            "error": f"finished with another configuration ({diff}); move it away to rerun"}
             old = self.previous.get(key, {})
             return {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True}
         if self.cfg.get("reuse_only"):
@@ -130,7 +141,7 @@ class Matrix:
     def run(self) -> list[dict]:
         """Runs (or reuses) every cell; returns the result rows."""
         from experiments.attack import run_attack
-        from experiments.erase import erase_run
+        from experiments.erase import erase_run, recorded_config
         from experiments.train import train_clean
 
         plan = [(d, m.name, float(m.width), a, int(s)) for d in self.cfg.datasets for m in self.cfg.models
@@ -165,7 +176,8 @@ class Matrix:
                     try:
                         dcfg = self.defense_config(defense)
                         outcome = self.cell(defense_dir, lambda: erase_run(defense, str(teacher_dir), dcfg,
-                                                                           str(defense_dir)))
+                                                                           str(defense_dir)),
+                                            expected_config={"defense": recorded_config(dcfg)})
                     except InputError as e:
                         outcome = {"run": str(defense_dir), "status": "failed", "error": str(e)}
                 rows.append(self.result_row(ids, defense, outcome))

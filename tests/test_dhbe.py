@@ -255,6 +255,7 @@ def test_resume_with_generator_warmup(teacher, mesh1, tmp_path):
     full = erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "a", progress=False)
     part = erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", stop_after=2,
                  checkpoint_every=2, log_every=1, progress=False)
+    assert not part.complete and [r["step"] for r in part.history] == [0, 1, 2]
     resumed = erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", log_every=1, progress=False)
     tree_close(full.variables, resumed.variables, rtol=0, atol=0)
     assert [r["step"] for r in resumed.history] == [0, 1, 2, 3, 4, 5, 6]

@@ -56,11 +56,18 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     assert [r["C-Acc"] for r in again[:2]] == [r["C-Acc"] for r in rows[:2]]
     assert again[0]["seconds"] == first[0]["seconds"]  # the reused cell keeps its first wall time
 
+    tiny_matrix.defense_overrides.clp.clp = dict(u=2.0)  # CLP's config changed: its finished cell is stale
+    stale = run_matrix(tiny_matrix)
+    assert stale[1]["status"] == "stale" and "clp" in stale[1]["error"] and "3.0" in stale[1]["error"]
+    assert stale[0]["status"] == "complete" and len(read_cells(out)) == 5  # the failed FT cell ran again
+    assert "stale: finished with another configuration" in (out / "results.md").read_text()
+    del tiny_matrix.defense_overrides.clp["clp"]
+
     tiny_matrix.reuse_only = True  # tabulate only: the unfinished cell is listed, not run
     tiny_matrix.defenses = ("clp", "ft", "pbe")
     listed = run_matrix(tiny_matrix)
     assert [r["status"] for r in listed] == ["complete", "complete", "not run", "not run"]
-    assert len(read_cells(out)) == 4 and not (out / "defenses" / "digits-small_cnn-badnets-s0-pbe").exists()
+    assert len(read_cells(out)) == 5 and not (out / "defenses" / "digits-small_cnn-badnets-s0-pbe").exists()
 
 
 def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
