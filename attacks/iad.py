@@ -48,7 +48,7 @@ from backdoor_core import rundir
 from backdoor_core.augment import crop_and_flip, to_float
 from backdoor_core.checkpoint import TrainCheckpoints, save_variables
 from backdoor_core.data import Split, batch_indices, steps_per_epoch
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, check_settings
 from backdoor_core.fit import FitResult, check_split_fits
 from backdoor_core.models import build_model, init_variables
 from backdoor_core.models.conv import conv_fn
@@ -424,10 +424,8 @@ class InputAwareDynamic(Attack):
                   (params.generator_lr > 0, "generator_lr", "positive"),
                   (params.base_channels is None or params.base_channels >= 1, "base_channels", "at least 1 (or None)"),
                   (params.depth is None or params.depth >= 1, "depth", "at least 1 (or None)")]
-        for ok, name, expected in checks:
-            if not ok:
-                value = params.backdoor_ratio + params.cross_ratio if "+" in name else getattr(params, name)
-                raise InputError(f"iad: {name} = {value!r}; expected {expected}")
+        check_settings("iad", params, checks,
+                       values={"backdoor_ratio + cross_ratio": params.backdoor_ratio + params.cross_ratio})
 
     def build_trigger(self, config, params, train, key, clean_model=None) -> Trigger:
         """An untrained trigger (fresh generators); the trained one comes from `train_backdoored`."""

@@ -34,7 +34,7 @@ from attacks.base import Attack, AttackConfig, TrainedModel
 from attacks.triggers import Trigger
 from backdoor_core.augment import to_float
 from backdoor_core.data import Split
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, check_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +142,7 @@ class LowFrequency(Attack):
                   (0 < params.amplitude <= 1, "amplitude", "in (0, 1] (pixel units)"),
                   (params.steps >= 1, "steps", "at least 1"), (params.learning_rate > 0, "learning_rate", "positive"),
                   (params.num_images >= 1, "num_images", "at least 1"), (params.batch_size >= 1, "batch_size", "at least 1")]
-        for ok, name, expected in checks:
-            if not ok:
-                raise InputError(f"lf: {name} = {getattr(params, name)!r}; expected {expected}")
+        check_settings("lf", params, checks)
 
     def build_trigger(self, config, params, train, key, clean_model=None) -> Trigger:
         if clean_model is None:

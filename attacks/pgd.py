@@ -32,7 +32,7 @@ import optax
 from jax.sharding import Mesh
 
 from backdoor_core.augment import to_float
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, check_settings
 from backdoor_core.sharding import check_batch_size, data_sharding, make_mesh, replicate, replicated, unroll_loops
 
 NORMS = ("linf", "l2")
@@ -69,9 +69,7 @@ class PGDConfig:
         checks = [(self.eps > 0, "eps", "positive"), (self.alpha > 0, "alpha", "positive"),
                   (int(self.steps) == self.steps and self.steps >= 1, "steps", "an integer >= 1"),
                   (self.norm in NORMS, "norm", f"one of {NORMS}")]
-        for ok, name, expected in checks:
-            if not ok:
-                raise InputError(f"PGD config: {name} = {getattr(self, name)!r}; expected {expected}")
+        check_settings("PGD config", self, checks)
         return self
 
 

@@ -30,7 +30,7 @@ from attacks.base import Attack, AttackConfig, TrainedModel
 from attacks.triggers import Trigger
 from backdoor_core.augment import to_float
 from backdoor_core.data import Split
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, check_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +152,7 @@ class TrojanNN(Attack):
         checks = [(params.num_neurons >= 1, "num_neurons", "at least 1"), (params.steps >= 1, "steps", "at least 1"),
                   (params.learning_rate > 0, "learning_rate", "positive"),
                   (params.num_images >= 0, "num_images", "non-negative")]
-        for ok, name, expected in checks:
-            if not ok:
-                raise InputError(f"trojannn: {name} = {getattr(params, name)!r}; expected {expected}")
+        check_settings("trojannn", params, checks)
 
     def build_trigger(self, config, params, train, key, clean_model=None) -> Trigger:
         if clean_model is None:

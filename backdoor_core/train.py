@@ -29,7 +29,7 @@ import optax
 
 from backdoor_core.augment import crop_and_flip, to_float
 from backdoor_core.data import Split, default_augmentation
-from backdoor_core.errors import InputError
+from backdoor_core.errors import check_settings
 from backdoor_core.metrics import clean_accuracy
 from backdoor_core.sharding import make_mesh, replicate, replicated, shard_batch
 
@@ -80,9 +80,7 @@ class TrainConfig:
                   (self.warmup_epochs >= 0, "warmup_epochs", "non-negative"),
                   (self.crop_padding is None or self.crop_padding >= 0, "crop_padding", "non-negative"),
                   (self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "non-negative")]
-        for ok, name, expected in checks:
-            if not ok:
-                raise InputError(f"training config: {name} = {getattr(self, name)!r}; expected {expected}")
+        check_settings("training config", self, checks)
         return self
 
     def with_dataset_defaults(self, split: Split) -> "TrainConfig":

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from backdoor_core.errors import InputError
+from backdoor_core.errors import check_settings
 from backdoor_core.sharding import DATA_AXIS, replicated, unroll_loops
 from dhbe_jax import generators as gens
 from dhbe_jax.losses import balance_loss, confidence_loss, l1_logits, tv_l1, tv_l2
@@ -106,10 +106,7 @@ class DHBEConfig:
                   (1 <= self.patch_size <= min(h, w), "patch_size", f"between 1 and the image side {min(h, w)}"),
                   (h % 4 == 0 and w % 4 == 0, "image size", "sides that are multiples of 4 (G upsamples twice)"),
                   (all(0 < m < 1 for m in self.lr_milestones), "lr_milestones", "fractions in (0, 1)")]
-        for ok, name, expected in checks:
-            if not ok:
-                value = image_shape if name == "image size" else getattr(self, name)
-                raise InputError(f"DHBE config: {name} = {value!r}; expected {expected}")
+        check_settings("DHBE config", self, checks, values={"image size": image_shape})
         return self
 
     def sigma(self, image_shape) -> float:

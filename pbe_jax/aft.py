@@ -21,7 +21,7 @@ import numpy as np
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.data import Split
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, check_settings
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from backdoor_core.train import EvalFn, create_train_state
 from pbe_jax.finetune import AdversarialSchedule, FinetuneConfig, finetune_epochs, make_trainer
@@ -49,9 +49,7 @@ class AFTConfig(FinetuneConfig):
         checks = [(self.epochs >= 1, "epochs", "at least 1"),
                   (0 <= self.adversarial_epochs <= self.epochs, "adversarial_epochs", f"in [0, epochs = {self.epochs}]"),
                   (self.eval_every_epochs >= 1, "eval_every_epochs", "at least 1")]
-        for ok, name, expected in checks:
-            if not ok:
-                raise InputError(f"AFT: {name} = {getattr(self, name)!r}; expected {expected}")
+        check_settings("AFT", self, checks)
         if num_images is not None and num_images < self.batch_size:
             raise InputError(f"AFT: the clean set has {num_images} images, fewer than one batch of {self.batch_size}; "
                              "expected a larger clean set or a smaller batch_size")

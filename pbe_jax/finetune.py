@@ -36,7 +36,7 @@ from tqdm import tqdm
 from attacks.pgd import PGDConfig, model_logits_fn, pgd
 from backdoor_core.augment import random_crop, random_flip, to_float
 from backdoor_core.data import Split, batch_indices, default_augmentation, steps_per_epoch
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, check_settings
 from backdoor_core.sharding import check_batch_size, replicated, shard_batch
 from backdoor_core.train import TrainConfig, TrainState, make_optimizer, sgd_update
 
@@ -62,9 +62,7 @@ class AugmentConfig:
                   (0 <= self.crop_prob <= 1, "crop_prob", "a probability in [0, 1]"),
                   (0 <= self.rotation_degrees <= 180, "rotation_degrees", "in [0, 180]"),
                   (0 <= self.rotation_prob <= 1, "rotation_prob", "a probability in [0, 1]")]
-        for ok, name, expected in checks:
-            if not ok:
-                raise InputError(f"augmentation config: {name} = {getattr(self, name)!r}; expected {expected}")
+        check_settings("augmentation config", self, checks)
         return self
 
     def resolve(self, split: Split) -> "AugmentConfig":
@@ -113,9 +111,7 @@ class FinetuneConfig:
                   (self.weight_decay >= 0, "weight_decay", "non-negative"), (self.batch_size >= 1, "batch_size", "at least 1"),
                   (self.lr_schedule in ("constant", "cosine"), "lr_schedule", "'constant' or 'cosine'"),
                   (self.schedule_steps >= 1, "schedule_steps", "at least 1")]
-        for ok, name, expected in checks:
-            if not ok:
-                raise InputError(f"{type(self).__name__}: {name} = {getattr(self, name)!r}; expected {expected}")
+        check_settings(type(self).__name__, self, checks)
         self.pgd.validate()
         self.augment.validate()
 

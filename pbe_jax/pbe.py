@@ -33,7 +33,7 @@ import numpy as np
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.data import Split
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, check_settings
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from backdoor_core.train import EvalFn, TrainState, create_train_state, predict_logits
 from pbe_jax.finetune import AdversarialSchedule, FinetuneConfig, finetune_epochs, make_trainer
@@ -101,9 +101,7 @@ class PBEConfig(FinetuneConfig):
                   (self.first_round_adversarial_epochs is None or self.first_round_adversarial_epochs >= 0,
                    "first_round_adversarial_epochs", "non-negative or None (all)"),
                   (self.later_adversarial_batches >= 0, "later_adversarial_batches", "non-negative")]
-        for ok, name, expected in checks:
-            if not ok:
-                raise InputError(f"PBE: {name} = {getattr(self, name)!r}; expected {expected}")
+        check_settings("PBE", self, checks)
         if num_images is not None:
             smallest = subset_size(num_images, self.initial_fraction)
             if smallest < self.batch_size:
