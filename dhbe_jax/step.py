@@ -16,6 +16,9 @@ One DHBE iteration (`make_iteration`, one compiled program, state donated):
   lambda = 0 gives DFAD (distillation only): no trigger generator, no R, no step 3.
 The student's batch-norm statistics update on every forward pass on synthetic data (the
 official behaviour; `student_bn_train=False` keeps the teacher's statistics instead).
+Two opt-in deviations, off by default (the `cpu` config turns them on): `generator_warmup` G-only
+steps before iteration 1 (`make_generator_warmup`), and `balance_weight` * balance_loss(T(x))
+added to L_G, both keeping G's batches spread over the teacher's classes.
 """
 
 from __future__ import annotations
