@@ -79,12 +79,20 @@ def truncate_history(run_dir: Path, max_step: int) -> None:
     os.replace(tmp, path)
 
 
-def config_mismatch(old: dict, new: dict) -> str | None:
-    """Describes the first key whose value differs between two JSON-like records, or None."""
+def config_mismatch(old: dict, new: dict, prefix: str = "") -> str | None:
+    """Describes the first setting that differs between two JSON-like records, or None.
+
+    Nested dicts are compared key by key, so the message names the innermost differing key as a
+    dotted path ("defense.dhbe.balance_weight: was 0.0, now 1.0"; a missing key shows as None).
+    """
     old, new = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
     for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            return f"{key}: was {old.get(key)!r}, now {new.get(key)!r}"
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            return config_mismatch(a, b, f"{prefix}{key}.")
+        return f"{prefix}{key}: was {a!r}, now {b!r}"
     return None
 
 

@@ -58,7 +58,7 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
 
     tiny_matrix.defense_overrides.clp.clp = dict(u=2.0)  # CLP's config changed: its finished cell is stale
     stale = run_matrix(tiny_matrix)
-    assert stale[1]["status"] == "stale" and "clp" in stale[1]["error"] and "3.0" in stale[1]["error"]
+    assert stale[1]["status"] == "stale" and "defense.clp.u: was 3.0, now 2.0" in stale[1]["error"]
     assert stale[0]["status"] == "complete" and len(read_cells(out)) == 5  # the failed FT cell ran again
     assert "stale: finished with another configuration" in (out / "results.md").read_text()
     del tiny_matrix.defense_overrides.clp["clp"]
