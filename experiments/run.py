@@ -70,10 +70,11 @@ def teacher_name(dataset: str, model: str, attack: str, seed: int) -> str:
     return f"{dataset}-{model}-{attack}-s{seed}"
 
 
-def settings_only(config):
-    """A recorded defense config without its variant label (`cpu`, `paper`...): two runs with
-    the same settings are the same cell whatever their variant was called."""
-    return {k: v for k, v in config.items() if k != "variant"} if isinstance(config, dict) else config
+def settings_only(config: dict) -> dict:
+    """A run record's `config` ({section: settings}) without the sections' variant labels (`cpu`,
+    `paper`...): two runs with the same settings are the same cell whatever their variant was called."""
+    return {k: {n: v for n, v in section.items() if n != "variant"} if isinstance(section, dict) else section
+            for k, section in config.items()}
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -108,7 +109,7 @@ class Matrix:
         if is_complete(run_dir):
             if expected_config is not None:
                 recorded = rundir.read_record(run_dir).get("config", {})
-                diff = rundir.config_mismatch({k: settings_only(v) for k, v in recorded.items()}, expected_config)
+                diff = rundir.config_mismatch(settings_only(recorded), settings_only(expected_config))
                 if diff:
                     return {"run": key, "status": "stale",
                             "error": f"finished with another configuration ({diff}); move it away to rerun"}
@@ -184,7 +185,7 @@ class Matrix:
                         dcfg = self.defense_config(defense)
                         outcome = self.cell(defense_dir, lambda: erase_run(defense, str(teacher_dir), dcfg,
                                                                            str(defense_dir)),
-                                            expected_config={"defense": settings_only(recorded_config(dcfg))})
+                                            expected_config={"defense": recorded_config(dcfg)})
                     except InputError as e:
                         outcome = {"run": str(defense_dir), "status": "failed", "error": str(e)}
                 rows.append(self.result_row(ids, defense, outcome))
