@@ -1,8 +1,8 @@
 """Benchmarks: our jitted steps against PyTorch doing the same work, in the same process.
 
-  python -m experiments.bench train [--vs torch] [--model resnet18] [--widths 0.25 1] [--batch 128]
-  python -m experiments.bench pgd   [--vs torch] ...
-  python -m experiments.bench dhbe  [--vs torch] [--batch 32] ...
+  python -m experiments.bench train [--vs torch xla] [--model resnet18] [--widths 0.25 1] [--batch 128]
+  python -m experiments.bench pgd   [--vs torch xla] ...
+  python -m experiments.bench dhbe  [--vs torch xla] [--batch 32] ...
 
 `train`: one SGD step (momentum 0.9, wd 5e-4, cross-entropy, BN in train mode) of a CIFAR
 ResNet-18 on a fixed float batch; PyTorch: the same model (experiments/bench_torch.py) with
@@ -16,11 +16,14 @@ each; the table gives the median seconds per call and the ratio torch / ours (> 
 faster). torch uses `--threads` threads (default: the machine's cores); JAX uses its default.
 Before timing, both sides are checked to compute the same logits (max abs difference printed).
 torch and torchattacks are optional benchmark dependencies (`pip install torch torchattacks`).
+`--vs xla`: the same jitted step of ours traced with XLA's convolution in every layer
+(BACKDOOR_CONV=xla), to measure what our convolution choice (`--conv`, default auto) gains.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -104,6 +107,34 @@ def our_dhbe(spec: ModelSpec, variables, batch: int):
     return run
 
 
+@contextlib.contextmanager
+def conv_env(impl: str | None):
+    """Sets BACKDOOR_CONV to `impl` (None: leave it) for the duration of the block."""
+    old = os.environ.get("BACKDOOR_CONV")
+    if impl is not None:
+        os.environ["BACKDOOR_CONV"] = impl
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BACKDOOR_CONV", None)
+        else:
+            os.environ["BACKDOOR_CONV"] = old
+
+
+def with_conv(impl: str | None, make):
+    """`make()` built and every call of the callable it returns run under BACKDOOR_CONV=impl
+    (models pick their convolution when traced, on the first call)."""
+    with conv_env(impl):
+        fn = make()
+
+    def run():
+        with conv_env(impl):
+            fn()
+
+    return run
+
+
 def alternate(fns: dict, repeats: int, steps: int) -> dict:
     """Median seconds per call of each callable, timed in alternating rounds after one warm-up."""
     for fn in fns.values():
@@ -118,20 +149,23 @@ def alternate(fns: dict, repeats: int, steps: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench(task: str, model: str, width: float, batch: int, vs_torch: bool, repeats: int, steps: int,
+def bench(task: str, model: str, width: float, batch: int, vs: tuple[str, ...], repeats: int, steps: int,
           threads: int) -> dict:
-    """One benchmark row: seconds per call (ours, torch), ratio, GFLOP/s, logits agreement."""
+    """One benchmark row: seconds per call (ours and each of `vs`), ratios, GFLOP/s, logits agreement."""
     spec = ModelSpec(model, 10, (32, 32, 3), width, CIFAR_MEAN, CIFAR_STD)
     variables = jax.device_get(init_variables(spec, jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(batch, 32, 32, 3)).astype(np.float32)
     y = rng.integers(0, 10, size=batch).astype(np.int32)
     if task == "dhbe":
-        fns = {"ours": our_dhbe(spec, variables, batch)}
+        make = lambda: our_dhbe(spec, variables, batch)
     else:
-        fns = {"ours": (our_train if task == "train" else our_pgd)(spec, variables, x, y)}
+        make = lambda: (our_train if task == "train" else our_pgd)(spec, variables, x, y)
+    fns = {"ours": with_conv(None, make)}
+    if "xla" in vs:
+        fns["xla"] = with_conv("xla", make)
     row = {"task": task, "model": model, "width": width, "batch": batch}
-    if vs_torch:
+    if "torch" in vs:
         import torch
 
         from experiments import bench_torch
@@ -161,30 +195,32 @@ def bench(task: str, model: str, width: float, batch: int, vs_torch: bool, repea
     work = conv_gflop(spec, batch) * {"train": 3, "pgd": 14, "dhbe": 43}[task]
     row.update({f"{k}_s": round(v, 4) for k, v in medians.items()})
     row["ours_gflops"] = round(work / medians["ours"], 1)
-    if "torch" in medians:
-        row["torch_gflops"] = round(work / medians["torch"], 1)
-        row["ratio_torch_over_ours"] = round(medians["torch"] / medians["ours"], 2)
+    for peer in ("torch", "xla"):
+        if peer in medians:
+            row[f"{peer}_gflops"] = round(work / medians[peer], 1)
+            row[f"ratio_{peer}_over_ours"] = round(medians[peer] / medians["ours"], 2)
     return row
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=("train", "pgd", "dhbe"))
-    parser.add_argument("--vs", choices=("torch",), help="also time the PyTorch reference")
+    parser.add_argument("--vs", nargs="+", choices=("torch", "xla"), default=(),
+                        help="also time the PyTorch reference and/or our step with XLA's convolution")
     parser.add_argument("--model", default="resnet18", choices=("resnet18", "preact_resnet18"))
     parser.add_argument("--widths", type=float, nargs="+", default=(0.25, 1.0))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--conv", choices=IMPLEMENTATIONS, help="our convolution (default: XLA's; see backdoor_core/models/conv.py)")
+    parser.add_argument("--conv", choices=IMPLEMENTATIONS, help="our convolution (default: auto; see backdoor_core/models/conv.py)")
     args = parser.parse_args(argv)
     if args.conv:
         os.environ["BACKDOOR_CONV"] = args.conv
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
           f"({jax.default_backend()}), our conv {conv_impl()}, batch {args.batch}, median of {args.repeats} rounds of {args.steps} calls")
     for width in args.widths:
-        row = bench(args.task, args.model, width, args.batch, args.vs == "torch", args.repeats, args.steps, args.threads)
+        row = bench(args.task, args.model, width, args.batch, tuple(args.vs), args.repeats, args.steps, args.threads)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return 0
 

@@ -18,8 +18,23 @@ def test_conv_gflop_of_cifar_resnet18():
 
 @pytest.mark.parametrize("task", ["train", "pgd"])
 def test_bench_row_without_torch(task):
-    row = bench.bench(task, "preact_resnet18", 0.0625, 8, vs_torch=False, repeats=1, steps=1, threads=1)
-    assert row["ours_s"] > 0 and row["ours_gflops"] > 0 and "torch_s" not in row
+    row = bench.bench(task, "preact_resnet18", 0.0625, 8, vs=(), repeats=1, steps=1, threads=1)
+    assert row["ours_s"] > 0 and row["ours_gflops"] > 0 and "torch_s" not in row and "xla_s" not in row
+
+
+def test_bench_vs_xla_traces_its_step_with_xla_convolution(monkeypatch):
+    monkeypatch.setenv("BACKDOOR_CONV", "winograd")
+    seen = []
+    real = bench.our_train
+
+    def spy(*args):
+        seen.append(bench.conv_impl())
+        return real(*args)
+
+    monkeypatch.setattr(bench, "our_train", spy)
+    row = bench.bench("train", "preact_resnet18", 0.0625, 8, vs=("xla",), repeats=1, steps=1, threads=1)
+    assert seen == ["winograd", "xla"] and row["xla_s"] > 0 and row["ratio_xla_over_ours"] > 0
+    assert bench.conv_impl() == "winograd"  # the environment is restored
 
 
 @pytest.mark.parametrize("model", ["resnet18", "preact_resnet18"])

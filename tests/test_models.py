@@ -91,16 +91,69 @@ def test_im2col_conv_equals_xla_conv_with_gradients(kernel, stride, pad):
         np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
 
 
-def test_registry_model_is_the_same_function_with_either_conv(monkeypatch):
+@pytest.mark.parametrize("hw, pad", [((8, 7), ((1, 1), (1, 1))), ((5, 6), ((2, 1), (0, 3))), ((1, 1), ((1, 1), (1, 1)))])
+def test_winograd_conv_equals_xla_conv_with_gradients(hw, pad):
+    from jax import lax
+
+    from backdoor_core.models.conv import winograd_conv
+
+    rng = np.random.default_rng(sum(hw))
+    x = jnp.asarray(rng.normal(size=(2, *hw, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 5, 7)), jnp.float32)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    conv = lambda f: lambda x, w: f(x, w, (1, 1), pad, dimension_numbers=dn)
+    ours, xla = conv(winograd_conv), conv(lax.conv_general_dilated)
+    # Really computed by Winograd (no convolution primitive left), equal to float32 rounding.
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, w))
+    np.testing.assert_allclose(jax.jit(ours)(x, w), xla(x, w), atol=1e-4, rtol=1e-5)
+    grad = lambda f: jax.jit(jax.grad(lambda x, w: (f(x, w) ** 2).sum(), argnums=(0, 1)))(x, w)
+    for a, b in zip(grad(ours), grad(xla)):
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel, stride, min_channels, min_macs",
+                         [(3, 2, 1, 0), (1, 1, 1, 0), (5, 1, 1, 0), (3, 1, 16, 0), (3, 1, 1, 64 * 9 * 8 * 8 + 1)])
+def test_winograd_conv_leaves_other_layers_to_xla(kernel, stride, min_channels, min_macs):
+    from jax import lax
+
+    from backdoor_core.models.conv import winograd_conv
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 8)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(kernel, kernel, 8, 8)), jnp.float32)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    args = (x, w, (stride, stride), ((1, 1), (1, 1)))
+    ours = lambda x, w: winograd_conv(x, w, *args[2:], dimension_numbers=dn, min_channels=min_channels,
+                                      min_macs=min_macs)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(ours)(x, w))
+    np.testing.assert_array_equal(ours(x, w), lax.conv_general_dilated(*args, dimension_numbers=dn))
+
+
+def test_auto_conv_uses_winograd_on_cpu_only(monkeypatch):
+    from backdoor_core.models import conv
+
+    monkeypatch.delenv("BACKDOOR_CONV", raising=False)
+    assert conv.conv_impl() == "auto"
+    fn = conv.conv_fn()
+    assert fn.func is conv.winograd_conv
+    assert fn.keywords == {"min_channels": conv.WINOGRAD_MIN_CHANNELS, "min_macs": conv.WINOGRAD_MIN_MACS}
+    monkeypatch.setattr(conv.jax, "default_backend", lambda: "gpu")
+    assert conv.conv_fn() is None  # XLA's convolution on accelerators
+    monkeypatch.setenv("BACKDOOR_CONV", "xla")
+    monkeypatch.setattr(conv.jax, "default_backend", lambda: "cpu")
+    assert conv.conv_fn() is None
+
+
+def test_registry_model_is_the_same_function_with_any_conv(monkeypatch):
+    # `auto` is XLA's convolution for a model this small; `winograd` computes every 3x3 stride-1 layer.
     spec = ModelSpec("preact_resnet18", 10, (32, 32, 3), 0.125, (0.5,) * 3, (0.25,) * 3)
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
     outputs = {}
-    for impl in ("xla", "im2col"):
+    for impl in ("xla", "winograd"):  # im2col: its own test above
         monkeypatch.setenv("BACKDOOR_CONV", impl)
         model = build_model(spec)
         variables = init_variables(spec, jax.random.PRNGKey(0))
         outputs[impl] = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
-    np.testing.assert_allclose(outputs["im2col"], outputs["xla"], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(outputs["winograd"], outputs["xla"], atol=1e-4, rtol=1e-4)
     monkeypatch.setenv("BACKDOOR_CONV", "nope")
     with pytest.raises(ValueError, match="BACKDOOR_CONV='nope'"):
         build_model(spec).apply(variables, x, train=False)

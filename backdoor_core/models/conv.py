@@ -1,6 +1,6 @@
 """The convolution implementation behind every registry model (and DHBE's generators).
 
-Two implementations compute the same function with the same `nn.Conv` parameters (so
+Three implementations compute the same function with the same `nn.Conv` parameters (so
 checkpoints do not depend on the choice): XLA's native convolution, and im2col - the kh x kw
 shifted slices of the padded input concatenated along channels, then one matrix product with
 the kernel reshaped to [kh * kw * C_in, C_out]. im2col was expected to be faster on XLA:CPU
@@ -8,34 +8,67 @@ the kernel reshaped to [kh * kw * C_in, C_out]. im2col was expected to be faster
 64->64 layer, batch 128, forward + backward), but with jax 0.10.2 it is not (2026-11-26,
 docs/performance.md: XLA 36.5 vs im2col 31.5 GFLOP/s for that layer,
 20.0 vs 11.8 at 16 channels; a ResNet-18 SGD step is equal at width 1, PGD at width 1/4 is 2.4x
-slower with im2col, whose input gradient goes through pads and scatter-adds). So XLA's
-convolution is the default everywhere; `BACKDOOR_CONV=im2col` selects the other, for machines or
-versions where it pays.
+slower with im2col, whose input gradient goes through pads and scatter-adds). So im2col is
+not used unless asked for (`BACKDOOR_CONV=im2col`).
+
+A third implementation, Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, CVPR 2016),
+does pay on XLA:CPU: a 3x3 stride-1 convolution becomes 16 matrix products of [tiles, C_in] x
+[C_in, C_out] (2.25x fewer multiplications than direct convolution) between two transforms made
+of additions only; XLA's matrix product on CPU is much faster than its convolution, and the
+gradients (automatic differentiation of the same code) are matrix products too. The results
+equal XLA's to float32 rounding (relative error ~1e-6). It is slower than XLA's convolution for
+narrow layers (16 channels) and gains nothing on small ones while compiling longer, so the
+default, `auto`, uses it on CPU backends for 3x3 stride-1 layers with at least
+WINOGRAD_MIN_CHANNELS input and output channels and WINOGRAD_MIN_MACS multiply-adds per image
+(a CIFAR ResNet-18 at width 1: every such layer; at width 1/2: those of 64 channels or more;
+at width 1/4: none), and XLA's convolution for
+everything else - and for every layer on GPU/TPU. Measurements: docs/performance.md.
+`BACKDOOR_CONV=xla|im2col|winograd` forces one implementation (winograd still leaves layers it
+cannot compute to XLA).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-IMPLEMENTATIONS = ("xla", "im2col")
+IMPLEMENTATIONS = ("auto", "xla", "im2col", "winograd")
+# `auto` on CPU uses Winograd only for layers with at least this many input and output channels
+# and multiply-adds per image (measured on the 2-core CPU, docs/performance.md: a 16-channel
+# layer is slower with Winograd; a ResNet-18 SGD step at width 1/4, whose 3x3 layers have 2.4M
+# multiply-adds per image, gains nothing and compiles 2-3x longer; at width 1/2 (9.4M, layers of
+# >= 64 channels) it is 1.37x faster, at width 1 (37.7M) 2x).
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_MACS = 2 ** 23
 
 
 def conv_impl() -> str:
-    """'xla' (measured fastest here on CPU too), unless BACKDOOR_CONV names 'im2col'."""
+    """BACKDOOR_CONV if set (one of IMPLEMENTATIONS), else 'auto'."""
     forced = os.environ.get("BACKDOOR_CONV")
     if forced:
         if forced not in IMPLEMENTATIONS:
             raise ValueError(f"BACKDOOR_CONV={forced!r}; expected one of {IMPLEMENTATIONS}")
         return forced
-    return "xla"
+    return "auto"
 
 
 def conv_fn():
-    """The `conv_general_dilated` argument for `nn.Conv`: im2col_conv, or None (XLA's)."""
-    return im2col_conv if conv_impl() == "im2col" else None
+    """The `conv_general_dilated` argument for `nn.Conv`; None means XLA's convolution.
+
+    auto: Winograd for wide 3x3 stride-1 layers when JAX's default backend is the CPU, XLA's
+    convolution otherwise (and everywhere on GPU/TPU).
+    """
+    impl = conv_impl()
+    if impl == "auto":
+        if jax.default_backend() != "cpu":
+            return None
+        return functools.partial(winograd_conv, min_channels=WINOGRAD_MIN_CHANNELS, min_macs=WINOGRAD_MIN_MACS)
+    return {"xla": None, "im2col": im2col_conv, "winograd": winograd_conv}[impl]
 
 
 def _is_nhwc_hwio(lhs, rhs, dimension_numbers) -> bool:
@@ -45,6 +78,13 @@ def _is_nhwc_hwio(lhs, rhs, dimension_numbers) -> bool:
     return dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
 
 
+def _is_plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs) -> bool:
+    """Whether a conv_general_dilated call is NHWC x HWIO, explicit padding, no dilation or groups."""
+    return (feature_group_count == 1 and not kwargs and not isinstance(padding, str)
+            and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
+            and _is_nhwc_hwio(lhs, rhs, dimension_numbers))
+
+
 def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                 feature_group_count=1, precision=None, **kwargs):
     """lax.conv_general_dilated for NHWC x HWIO with explicit padding, as slices + one matmul.
@@ -52,10 +92,7 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
     lhs [N, H, W, C_in], rhs [kh, kw, C_in, C_out] -> [N, H_out, W_out, C_out]. Any other case
     (dilation, groups, other layouts, string padding) is passed to lax.conv_general_dilated.
     """
-    plain = (feature_group_count == 1 and not kwargs and not isinstance(padding, str)
-             and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
-             and _is_nhwc_hwio(lhs, rhs, dimension_numbers))
-    if not plain:
+    if not _is_plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)
     kh, kw, cin, cout = rhs.shape
@@ -68,3 +105,60 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
             for i in range(kh) for j in range(kw)]
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)  # [N, Ho, Wo, kh*kw*C_in]
     return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
+
+
+# F(2x2, 3x3): Y = A^T [(G g G^T) * (B^T d B)] A for a 4x4 input tile d and a 3x3 kernel g.
+_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
+_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+
+
+def _combine(coefficients, terms):
+    """sum_i coefficients[i] * terms[i], skipping zeros and multiplying only by non-unit factors."""
+    out = None
+    for c, t in zip(coefficients, terms):
+        if c == 0:
+            continue
+        t = t if c == 1 else -t if c == -1 else c * t
+        out = t if out is None else out + t
+    return out
+
+
+def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                  feature_group_count=1, precision=None, *, min_channels: int = 1, min_macs: int = 0, **kwargs):
+    """lax.conv_general_dilated for 3x3 stride-1 NHWC x HWIO convolutions, by Winograd F(2x2, 3x3).
+
+    lhs [N, H, W, C_in], rhs [3, 3, C_in, C_out], explicit padding ((pt, pb), (pl, pr)) ->
+    [N, H + pt + pb - 2, W + pl + pr - 2, C_out]. The padded input is cut into overlapping 4x4
+    tiles with stride 2 (read as contiguous slices of a 2x2 space-to-depth view), each tile is
+    transformed by B^T d B, the 16 transformed positions are multiplied by the transformed kernel
+    G g G^T (16 matrix products over the channels), and A^T m A gives each 2x2 output tile. An
+    odd output side is padded to even and cropped. Any other call (other kernel sizes, strides,
+    dilation, groups, layouts, or fewer than `min_channels` input or output channels) goes to
+    lax.conv_general_dilated; so does a layer with fewer than `min_macs` multiply-adds per image.
+    """
+    eligible = (_is_plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs)
+                and rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1)
+                and min(rhs.shape[2], rhs.shape[3]) >= min_channels
+                and (lhs.shape[1] + sum(padding[0]) - 2) * (lhs.shape[2] + sum(padding[1]) - 2) * 9 * rhs.shape[2]
+                * rhs.shape[3] >= min_macs)
+    if not eligible:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)
+    (pt, pb), (pl, pr) = padding
+    n, h, w, cin = lhs.shape
+    cout = rhs.shape[-1]
+    ho, wo = h + pt + pb - 2, w + pl + pr - 2
+    th, tw = -(-ho // 2), -(-wo // 2)  # output tiles per column / row
+    x = jnp.pad(lhs, ((0, 0), (pt, pb + 2 * th - ho), (pl, pr + 2 * tw - wo), (0, 0)))
+    x = x.reshape(n, th + 1, 2, tw + 1, 2, cin)  # x[n, a, p, b, q] = padded[n, 2a + p, 2b + q]
+    d = [[x[:, i // 2:i // 2 + th, i % 2, j // 2:j // 2 + tw, j % 2, :] for j in range(4)] for i in range(4)]
+    rows = [[_combine(_BT[k], [d[i][j] for i in range(4)]) for j in range(4)] for k in range(4)]
+    v = [[_combine(_BT[l], rows[k]) for l in range(4)] for k in range(4)]  # B^T d B, each [N, th, tw, C_in]
+    u = jnp.einsum("ki,ijco,lj->klco", _G, rhs, _G, precision=precision)  # G g G^T, [4, 4, C_in, C_out]
+    tiles = n * th * tw
+    m = [[jnp.dot(v[k][l].reshape(tiles, cin), u[k, l], precision=precision) for l in range(4)] for k in range(4)]
+    cols = [[_combine(_AT[a], [m[k][l] for k in range(4)]) for l in range(4)] for a in range(2)]
+    y = jnp.stack([jnp.stack([_combine(_AT[b], cols[a]) for b in range(2)], axis=1) for a in range(2)], axis=1)
+    y = y.reshape(n, th, tw, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * th, 2 * tw, cout)
+    return y[:, :ho, :wo, :]
