@@ -128,13 +128,34 @@ def test_winograd_conv_leaves_other_layers_to_xla(kernel, stride, min_channels, 
     np.testing.assert_array_equal(ours(x, w), lax.conv_general_dilated(*args, dimension_numbers=dn))
 
 
+def test_winograd_wgrad_conv_is_xla_forward_and_winograd_kernel_gradient():
+    from jax import lax
+
+    from backdoor_core.models.conv import winograd_wgrad_conv
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 8, 7, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 5, 6)), jnp.float32)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    conv = lambda f: lambda x, w: f(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    ours, xla = conv(winograd_wgrad_conv), conv(lax.conv_general_dilated)
+    np.testing.assert_array_equal(jax.jit(ours)(x, w), xla(x, w))  # XLA's forward pass itself
+    grad = lambda f, argnums: jax.jit(jax.grad(lambda x, w: (f(x, w) ** 2).sum(), argnums=argnums))
+    for a, b in zip(grad(ours, (0, 1))(x, w), grad(xla, (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
+    # The kernel gradient is Winograd's (matrix products); with the input gradient only (PGD),
+    # XLA drops it: no matrix product is left in the compiled program.
+    hlo = lambda argnums: grad(ours, argnums).lower(x, w).compile().as_text()
+    assert hlo(1).count(" dot(") >= 16 and " dot(" not in hlo(0)
+
+
 def test_auto_conv_uses_winograd_on_cpu_only(monkeypatch):
     from backdoor_core.models import conv
 
     monkeypatch.delenv("BACKDOOR_CONV", raising=False)
     assert conv.conv_impl() == "auto"
     fn = conv.conv_fn()
-    assert fn.func is conv.winograd_conv
+    assert fn.func is conv.winograd_wgrad_conv
     assert fn.keywords == {"min_channels": conv.WINOGRAD_MIN_CHANNELS, "min_macs": conv.WINOGRAD_MIN_MACS}
     monkeypatch.setattr(conv.jax, "default_backend", lambda: "gpu")
     assert conv.conv_fn() is None  # XLA's convolution on accelerators

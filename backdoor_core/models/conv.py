@@ -12,19 +12,20 @@ slower with im2col, whose input gradient goes through pads and scatter-adds). So
 not used unless asked for (`BACKDOOR_CONV=im2col`).
 
 A third implementation, Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, CVPR 2016),
-does pay on XLA:CPU: a 3x3 stride-1 convolution becomes 16 matrix products of [tiles, C_in] x
-[C_in, C_out] (2.25x fewer multiplications than direct convolution) between two transforms made
-of additions only; XLA's matrix product on CPU is much faster than its convolution, and the
-gradients (automatic differentiation of the same code) are matrix products too. The results
-equal XLA's to float32 rounding (relative error ~1e-6). It is slower than XLA's convolution for
-narrow layers (16 channels) and gains nothing on small ones while compiling longer, so the
-default, `auto`, uses it on CPU backends for 3x3 stride-1 layers with at least
-WINOGRAD_MIN_CHANNELS input and output channels and WINOGRAD_MIN_MACS multiply-adds per image
-(a CIFAR ResNet-18 at width 1: every such layer; at width 1/2: those of 64 channels or more;
-at width 1/4: none), and XLA's convolution for
-everything else - and for every layer on GPU/TPU. Measurements: docs/performance.md.
-`BACKDOOR_CONV=xla|im2col|winograd` forces one implementation (winograd still leaves layers it
-cannot compute to XLA).
+does pay on XLA:CPU, for the kernel gradient: a 3x3 stride-1 convolution becomes 16 matrix
+products of [tiles, C_in] x [C_in, C_out] (2.25x fewer multiplications than direct convolution)
+between two transforms made of additions only, and its gradients (automatic differentiation of
+the same code) are matrix products too. Results equal XLA's to float32 rounding (relative error
+~1e-6). Measured per layer (docs/performance.md), XLA:CPU's kernel-gradient convolution is 2-3x
+slower than its forward one and Winograd's kernel gradient 2-3x faster than it, while for the
+forward pass and the input gradient Winograd gains nothing. So the default, `auto`, on CPU
+backends computes wide 3x3 stride-1 layers (at least WINOGRAD_MIN_CHANNELS input and output
+channels and WINOGRAD_MIN_MACS multiply-adds per image: a CIFAR ResNet-18 at width 1, every
+such layer; at width 1/2, those of 64 channels or more; at width 1/4, none) with XLA's forward
+pass and input gradient and Winograd's kernel gradient (`winograd_wgrad_conv`, a custom VJP),
+and everything else - every layer on GPU/TPU - with XLA's convolution.
+`BACKDOOR_CONV=xla|im2col|winograd` forces one implementation (winograd: forward and both
+gradients by Winograd; it still leaves layers it cannot compute to XLA).
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ def conv_impl() -> str:
 def conv_fn():
     """The `conv_general_dilated` argument for `nn.Conv`; None means XLA's convolution.
 
-    auto: Winograd for wide 3x3 stride-1 layers when JAX's default backend is the CPU, XLA's
-    convolution otherwise (and everywhere on GPU/TPU).
+    auto: `winograd_wgrad_conv` (Winograd kernel gradient for wide 3x3 stride-1 layers) when JAX's
+    default backend is the CPU, XLA's convolution on GPU/TPU.
     """
     impl = conv_impl()
     if impl == "auto":
         if jax.default_backend() != "cpu":
             return None
-        return functools.partial(winograd_conv, min_channels=WINOGRAD_MIN_CHANNELS, min_macs=WINOGRAD_MIN_MACS)
+        return functools.partial(winograd_wgrad_conv, min_channels=WINOGRAD_MIN_CHANNELS, min_macs=WINOGRAD_MIN_MACS)
     return {"xla": None, "im2col": im2col_conv, "winograd": winograd_conv}[impl]
 
 
@@ -137,14 +138,25 @@ def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dila
     dilation, groups, layouts, or fewer than `min_channels` input or output channels) goes to
     lax.conv_general_dilated; so does a layer with fewer than `min_macs` multiply-adds per image.
     """
-    eligible = (_is_plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs)
-                and rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1)
-                and min(rhs.shape[2], rhs.shape[3]) >= min_channels
-                and (lhs.shape[1] + sum(padding[0]) - 2) * (lhs.shape[2] + sum(padding[1]) - 2) * 9 * rhs.shape[2]
-                * rhs.shape[3] >= min_macs)
-    if not eligible:
+    if not _winograd_eligible(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                              feature_group_count, kwargs, min_channels, min_macs):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)
+    return _winograd(lhs, rhs, padding, precision)
+
+
+def _winograd_eligible(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                       feature_group_count, kwargs, min_channels, min_macs) -> bool:
+    """Whether a conv_general_dilated call is a plain 3x3 stride-1 layer at least this wide and large."""
+    return (_is_plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs)
+            and rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1)
+            and min(rhs.shape[2], rhs.shape[3]) >= min_channels
+            and (lhs.shape[1] + sum(padding[0]) - 2) * (lhs.shape[2] + sum(padding[1]) - 2) * 9 * rhs.shape[2]
+            * rhs.shape[3] >= min_macs)
+
+
+def _winograd(lhs, rhs, padding, precision=None):
+    """The F(2x2, 3x3) computation of `winograd_conv` (NHWC x HWIO, stride 1, explicit padding)."""
     (pt, pb), (pl, pr) = padding
     n, h, w, cin = lhs.shape
     cout = rhs.shape[-1]
@@ -162,3 +174,48 @@ def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dila
     y = jnp.stack([jnp.stack([_combine(_AT[b], cols[a]) for b in range(2)], axis=1) for a in range(2)], axis=1)
     y = y.reshape(n, th, tw, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * th, 2 * tw, cout)
     return y[:, :ho, :wo, :]
+
+
+def _xla_conv(lhs, rhs, padding):
+    """XLA's stride-1 NHWC x HWIO convolution with explicit padding."""
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(lhs, rhs, (1, 1), padding, dimension_numbers=dn)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _xla_forward_winograd_wgrad(lhs, rhs, padding):
+    return _xla_conv(lhs, rhs, padding)
+
+
+def _hybrid_fwd(lhs, rhs, padding):
+    return _xla_conv(lhs, rhs, padding), (lhs, rhs)
+
+
+def _hybrid_bwd(padding, residuals, g):
+    lhs, rhs = residuals
+    d_lhs = jax.vjp(lambda x: _xla_conv(x, rhs, padding), lhs)[1](g)[0]
+    d_rhs = jax.vjp(lambda w: _winograd(lhs, w, padding), rhs)[1](g)[0]
+    return d_lhs, d_rhs
+
+
+_xla_forward_winograd_wgrad.defvjp(_hybrid_fwd, _hybrid_bwd)
+
+
+def winograd_wgrad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                        dimension_numbers=None, feature_group_count=1, precision=None, *, min_channels: int = 1,
+                        min_macs: int = 0, **kwargs):
+    """`auto`'s CPU convolution: XLA's forward and input gradient, Winograd's kernel gradient.
+
+    Same arguments, shapes and eligibility as `winograd_conv`. Measured per 3x3 layer on the
+    2-core CPU (docs/performance.md): XLA:CPU's kernel-gradient convolution is 2-3x slower than
+    its forward one and Winograd's kernel gradient is 2-3x faster than it, while for the forward
+    pass and the input gradient Winograd gains nothing over XLA (so PGD, which needs only those,
+    is left as it was). A custom VJP (reverse mode only: no forward-mode derivatives through it)
+    combines the two; where the kernel gradient is not needed (PGD, the generator steps of DHBE)
+    XLA drops its computation. Ineligible calls go to lax.conv_general_dilated.
+    """
+    if not _winograd_eligible(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                              feature_group_count, kwargs, min_channels, min_macs) or precision is not None:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)
+    return _xla_forward_winograd_wgrad(lhs, rhs, tuple(tuple(p) for p in padding))
