@@ -164,6 +164,23 @@ def test_auto_conv_uses_winograd_on_cpu_only(monkeypatch):
     assert conv.conv_fn() is None
 
 
+@pytest.mark.parametrize("name, width, image_shape, expected", [
+    ("preact_resnet18", 0.25, (32, 32, 3), 13),  # the CPU configs' model: every 3x3 stride-1 layer but the stem
+    ("small_cnn", 0.5, (28, 28, 1), 0),  # the quickstart's model: too small to pay
+])
+def test_auto_conv_routes_the_intended_layers_to_the_winograd_kernel_gradient(monkeypatch, name, width, image_shape,
+                                                                              expected):
+    from backdoor_core.models import conv
+
+    monkeypatch.delenv("BACKDOOR_CONV", raising=False)
+    monkeypatch.setattr(conv.jax, "default_backend", lambda: "cpu")
+    spec = ModelSpec(name, 10, image_shape, width, (0.5,) * image_shape[-1], (0.25,) * image_shape[-1])
+    model = build_model(spec)
+    variables = init_variables(spec, jax.random.PRNGKey(0))
+    jaxpr = str(jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, jnp.zeros((2, *image_shape))))
+    assert jaxpr.count("custom_vjp_call") == expected
+
+
 def test_registry_model_is_the_same_function_with_any_conv(monkeypatch):
     # `auto` is XLA's convolution for a model this small; `winograd` computes every 3x3 stride-1 layer.
     spec = ModelSpec("preact_resnet18", 10, (32, 32, 3), 0.125, (0.5,) * 3, (0.25,) * 3)

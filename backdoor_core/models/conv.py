@@ -19,11 +19,11 @@ the same code) are matrix products too. Results equal XLA's to float32 rounding 
 ~1e-6). Measured per layer (docs/performance.md), XLA:CPU's kernel-gradient convolution is 2-3x
 slower than its forward one and Winograd's kernel gradient 2-3x faster than it, while for the
 forward pass and the input gradient Winograd gains nothing. So the default, `auto`, on CPU
-backends computes wide 3x3 stride-1 layers (at least WINOGRAD_MIN_CHANNELS input and output
-channels and WINOGRAD_MIN_MACS multiply-adds per image: a CIFAR ResNet-18 at width 1, every
-such layer; at width 1/2, those of 64 channels or more; at width 1/4, none) with XLA's forward
-pass and input gradient and Winograd's kernel gradient (`winograd_wgrad_conv`, a custom VJP),
-and everything else - every layer on GPU/TPU - with XLA's convolution.
+backends computes 3x3 stride-1 layers of at least WINOGRAD_MIN_CHANNELS input and output
+channels and WINOGRAD_MIN_MACS multiply-adds per image (every such layer of a CIFAR ResNet-18
+from width 1/4 up; not the small test-size models) with XLA's forward pass and input gradient
+and Winograd's kernel gradient (`winograd_wgrad_conv`, a custom VJP), and everything else -
+every layer on GPU/TPU - with XLA's convolution.
 `BACKDOOR_CONV=xla|im2col|winograd` forces one implementation (winograd: forward and both
 gradients by Winograd; it still leaves layers it cannot compute to XLA).
 """
@@ -39,13 +39,15 @@ import numpy as np
 from jax import lax
 
 IMPLEMENTATIONS = ("auto", "xla", "im2col", "winograd")
-# `auto` on CPU uses Winograd only for layers with at least this many input and output channels
-# and multiply-adds per image (measured on the 2-core CPU, docs/performance.md: a 16-channel
-# layer is slower with Winograd; a ResNet-18 SGD step at width 1/4, whose 3x3 layers have 2.4M
-# multiply-adds per image, gains nothing and compiles 2-3x longer; at width 1/2 (9.4M, layers of
-# >= 64 channels) it is 1.37x faster, at width 1 (37.7M) 2x).
-WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MIN_MACS = 2 ** 23
+# `auto` on CPU takes the kernel gradient from Winograd only for layers with at least this many
+# input and output channels and multiply-adds per image. Measured on the 2-core CPU
+# (docs/performance.md): the hybrid makes a PreAct-ResNet-18 SGD step at width 1/4 (3x3 layers of
+# 16-128 channels, 2.4M multiply-adds per image) 1.16-1.26x faster and one at width 1 1.2x, and
+# leaves a DHBE iteration even; the all-Winograd path was slower at 16 channels. Below 2^21
+# multiply-adds (the MNIST small CNN at width 1/2, the tests' models) layers stay on XLA, whose
+# compile time is shorter.
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_MACS = 2 ** 21
 
 
 def conv_impl() -> str:
