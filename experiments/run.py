@@ -19,6 +19,7 @@ already exist (e.g. run directories made on another machine, linked into `out`).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib
 import json
 import time
@@ -77,6 +78,44 @@ def settings_only(config: dict) -> dict:
             for k, section in config.items()}
 
 
+def subset_mismatch(recorded: dict, expected: dict, prefix: str = "") -> str | None:
+    """The first setting of `expected` that `recorded` lacks or holds otherwise, or None.
+
+    Nested dicts are compared key by key over `expected`'s keys only, and its None values are
+    skipped: a teacher's record also holds what its run derived from the data (the number of
+    poisoned images, augmentation and trigger sizes left to the dataset's defaults).
+    """
+    recorded, expected = json.loads(json.dumps(recorded, default=str)), json.loads(json.dumps(expected, default=str))
+    for key in sorted(expected):
+        a, b = recorded.get(key), expected[key]
+        if b is None or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = subset_mismatch(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+            continue
+        return f"{prefix}{key}: was {a!r}, now {b!r}"
+    return None
+
+
+def teacher_settings(cfg, with_attack: bool = True) -> dict:
+    """What a teacher's record.json `config` must hold for `cfg` (an experiments.attack config):
+    the training recipe and, with_attack, the attack's settings (a clean teacher has none)."""
+    from backdoor_core.train import TrainConfig
+
+    from experiments.attack import attack_config
+    from experiments.common import dataclass_from_config
+
+    settings = {"train": dataclasses.asdict(dataclass_from_config(TrainConfig, cfg.train))}
+    if with_attack:
+        attack = attack_config(cfg)
+        settings["attack"] = {"name": attack.name, "mode": attack.mode, "target": attack.target,
+                              "poison_ratio": attack.poison_ratio, "ratio_of": attack.ratio_of, "seed": attack.seed,
+                              "params": dict(attack.params)}
+    return settings
+
+
 def is_complete(run_dir: Path) -> bool:
     """Whether run_dir holds a finished run."""
     try:
@@ -99,18 +138,22 @@ class Matrix:
                 row = json.loads(line)
                 self.previous[row["run"]] = row
 
-    def cell(self, run_dir: Path, fn, expected_config: dict | None = None) -> dict:
+    def cell(self, run_dir: Path, fn, expected_config: dict | None = None, expected_subset: dict | None = None) -> dict:
         """Runs fn() unless run_dir is finished; logs and returns {'run', 'status', 'seconds', 'error'}.
 
-        A finished run whose record's `config` differs from `expected_config` (when given) is
-        'stale': neither reused as this matrix's result nor overwritten.
+        A finished run whose record's `config` differs from `expected_config`, or disagrees with
+        any setting of `expected_subset` (`subset_mismatch`), is 'stale': neither reused as this
+        matrix's result nor overwritten.
         """
         key = str(run_dir)
         if is_complete(run_dir):
+            recorded = rundir.read_record(run_dir).get("config", {})
+            diff = None
             if expected_config is not None:
-                recorded = rundir.read_record(run_dir).get("config", {})
                 diff = rundir.config_mismatch(settings_only(recorded), settings_only(expected_config))
-                if diff:
+            if diff is None and expected_subset is not None:
+                diff = subset_mismatch(recorded, expected_subset)
+            if diff:
                     return {"run": key, "status": "stale",
                             "error": f"finished with another configuration ({diff}); move it away to rerun"}
             old = self.previous.get(key, {})
@@ -164,14 +207,18 @@ class Matrix:
                 # dataset, model, width, train, num_devices, stop_after_steps and out fields.
                 clean_cfg = self.teacher_config(dataset, model, width, "badnets", seed, None)
                 clean_cfg.out = str(clean_dir)
-                self.cell(clean_dir, lambda: train_clean(clean_cfg))
+                try:
+                    clean_expected = teacher_settings(clean_cfg, with_attack=False)
+                except InputError:  # a bad training override: train_clean reports it as the cell's failure
+                    clean_expected = None
+                self.cell(clean_dir, lambda: train_clean(clean_cfg), expected_subset=clean_expected)
                 clean_run = str(clean_dir)
             teacher_dir = self.out / "teachers" / teacher_name(dataset, model, attack, seed)
             ids = {"dataset": dataset, "model": f"{model} x{width:g}", "seed": seed, "attack": attack}
             try:
                 tcfg = self.teacher_config(dataset, model, width, attack, seed, clean_run)
                 tcfg.out = str(teacher_dir)
-                teacher = self.cell(teacher_dir, lambda: run_attack(tcfg))
+                teacher = self.cell(teacher_dir, lambda: run_attack(tcfg), expected_subset=teacher_settings(tcfg))
             except InputError as e:  # a bad override: the cell fails before anything runs
                 teacher = {"run": str(teacher_dir), "status": "failed", "error": str(e)}
             rows.append(self.result_row(ids, "none", teacher))

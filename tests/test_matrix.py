@@ -63,6 +63,14 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     assert "stale: finished with another configuration" in (out / "results.md").read_text()
     del tiny_matrix.defense_overrides.clp["clp"]
 
+    # The teacher's attack changed (here its poison ratio): the finished teacher is stale too,
+    # not reused, and its defenses wait for a teacher with today's settings.
+    tiny_matrix.attack_overrides = ml_collections.ConfigDict({"badnets": dict(poison_ratio=0.2)})
+    changed = run_matrix(tiny_matrix)
+    assert changed[0]["status"] == "stale" and "attack.poison_ratio: was 0.1, now 0.2" in changed[0]["error"]
+    assert [r["status"] for r in changed[1:]] == ["skipped", "skipped"] and len(read_cells(out)) == 5
+    tiny_matrix.attack_overrides = ml_collections.ConfigDict()
+
     tiny_matrix.reuse_only = True  # tabulate only: the unfinished cell is listed, not run
     tiny_matrix.defenses = ("clp", "ft", "pbe")
     listed = run_matrix(tiny_matrix)
