@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attacks.pgd import PGDConfig, make_pgd_fn
+from backdoor_core.host_memory import keep_freed_memory, malloc_choice
 from backdoor_core.models import ModelSpec, build_model, init_variables
 from backdoor_core.models.conv import IMPLEMENTATIONS, conv_impl
 from backdoor_core.sharding import make_mesh, replicate
@@ -203,6 +204,10 @@ def bench(task: str, model: str, width: float, batch: int, vs: tuple[str, ...], 
 
 
 def main(argv=None) -> int:
+    try:
+        keep_freed_memory()  # BACKDOOR_MALLOC=keep: for ours and PyTorch alike (both allocate with malloc)
+    except ValueError as e:  # a bad BACKDOOR_MALLOC
+        sys.exit(f"error: {e}")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=("train", "pgd", "dhbe"))
     parser.add_argument("--vs", nargs="+", choices=("torch", "xla"), default=(),
@@ -218,7 +223,7 @@ def main(argv=None) -> int:
     if args.conv:
         os.environ["BACKDOOR_CONV"] = args.conv
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
-          f"({jax.default_backend()}), our conv {conv_impl()}, batch {args.batch}, median of {args.repeats} rounds of {args.steps} calls")
+          f"({jax.default_backend()}), our conv {conv_impl()}, malloc {malloc_choice()}, batch {args.batch}, median of {args.repeats} rounds of {args.steps} calls")
     for width in args.widths:
         row = bench(args.task, args.model, width, args.batch, tuple(args.vs), args.repeats, args.steps, args.threads)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)

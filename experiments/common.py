@@ -34,8 +34,11 @@ def run_cli(fn: Callable[[], object]) -> None:
     """
     from absl import logging
 
+    from backdoor_core.host_memory import keep_freed_memory
+
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
     try:
+        keep_freed_memory()  # only with BACKDOOR_MALLOC=keep; before XLA's threads first allocate
         fn()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

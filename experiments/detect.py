@@ -58,6 +58,12 @@ def markdown_table(rows: list[dict], threshold: float) -> str:
 
 
 def main(argv=None) -> int:
+    from backdoor_core.host_memory import keep_freed_memory
+
+    try:
+        keep_freed_memory()  # only with BACKDOOR_MALLOC=keep (backdoor_core/host_memory.py)
+    except ValueError as e:  # a bad BACKDOOR_MALLOC
+        sys.exit(f"error: {e}")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", required=True, help="run directories with a saved model")
     parser.add_argument("--num_images", type=int, default=500)
