@@ -79,19 +79,24 @@ def truncate_history(run_dir: Path, max_step: int) -> None:
     os.replace(tmp, path)
 
 
-def config_mismatch(old: dict, new: dict, prefix: str = "") -> str | None:
+def config_mismatch(old: dict, new: dict, prefix: str = "", *, subset: bool = False) -> str | None:
     """Describes the first setting that differs between two JSON-like records, or None.
 
     Nested dicts are compared key by key, so the message names the innermost differing key as a
     dotted path ("defense.dhbe.balance_weight: was 0.0, now 1.0"; a missing key shows as None).
+    subset: compare only `new`'s keys and skip its None values (`old` may hold more, e.g. what a
+    run derived from its data).
     """
     old, new = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(new) if subset else sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
-        if a == b:
+        if a == b or (subset and b is None):
             continue
         if isinstance(a, dict) and isinstance(b, dict):
-            return config_mismatch(a, b, f"{prefix}{key}.")
+            found = config_mismatch(a, b, f"{prefix}{key}.", subset=subset)
+            if found:
+                return found
+            continue  # only in subset mode: the differing keys are ones `new` does not set
         return f"{prefix}{key}: was {a!r}, now {b!r}"
     return None
 

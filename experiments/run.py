@@ -78,27 +78,6 @@ def settings_only(config: dict) -> dict:
             for k, section in config.items()}
 
 
-def subset_mismatch(recorded: dict, expected: dict, prefix: str = "") -> str | None:
-    """The first setting of `expected` that `recorded` lacks or holds otherwise, or None.
-
-    Nested dicts are compared key by key over `expected`'s keys only, and its None values are
-    skipped: a teacher's record also holds what its run derived from the data (the number of
-    poisoned images, augmentation and trigger sizes left to the dataset's defaults).
-    """
-    recorded, expected = json.loads(json.dumps(recorded, default=str)), json.loads(json.dumps(expected, default=str))
-    for key in sorted(expected):
-        a, b = recorded.get(key), expected[key]
-        if b is None or a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = subset_mismatch(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-            continue
-        return f"{prefix}{key}: was {a!r}, now {b!r}"
-    return None
-
-
 def teacher_settings(cfg, with_attack: bool = True) -> dict:
     """What a teacher's record.json `config` must hold for `cfg` (an experiments.attack config):
     the training recipe and, with_attack, the attack's settings (a clean teacher has none)."""
@@ -142,7 +121,7 @@ class Matrix:
         """Runs fn() unless run_dir is finished; logs and returns {'run', 'status', 'seconds', 'error'}.
 
         A finished run whose record's `config` differs from `expected_config`, or disagrees with
-        any setting of `expected_subset` (`subset_mismatch`), is 'stale': neither reused as this
+        any setting of `expected_subset` (`rundir.config_mismatch(..., subset=True)`), is 'stale': neither reused as this
         matrix's result nor overwritten.
         """
         key = str(run_dir)
@@ -152,7 +131,7 @@ class Matrix:
             if expected_config is not None:
                 diff = rundir.config_mismatch(settings_only(recorded), settings_only(expected_config))
             if diff is None and expected_subset is not None:
-                diff = subset_mismatch(recorded, expected_subset)
+                diff = rundir.config_mismatch(recorded, expected_subset, subset=True)
             if diff:
                     return {"run": key, "status": "stale",
                             "error": f"finished with another configuration ({diff}); move it away to rerun"}
