@@ -121,8 +121,8 @@ class Matrix:
         """Runs fn() unless run_dir is finished; logs and returns {'run', 'status', 'seconds', 'error'}.
 
         A finished run whose record's `config` differs from `expected_config`, or disagrees with
-        any setting of `expected_subset` (`rundir.config_mismatch(..., subset=True)`), is 'stale': neither reused as this
-        matrix's result nor overwritten.
+        any setting of `expected_subset` (`rundir.config_mismatch(..., subset=True)`), is 'stale':
+        neither reused as this matrix's result nor overwritten.
         """
         key = str(run_dir)
         if is_complete(run_dir):
@@ -133,8 +133,8 @@ class Matrix:
             if diff is None and expected_subset is not None:
                 diff = rundir.config_mismatch(recorded, expected_subset, subset=True)
             if diff:
-                    return {"run": key, "status": "stale",
-                            "error": f"finished with another configuration ({diff}); move it away to rerun"}
+                return {"run": key, "status": "stale",
+                        "error": f"finished with another configuration ({diff}); move it away to rerun"}
             old = self.previous.get(key, {})
             return {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True}
         if self.cfg.get("reuse_only"):
