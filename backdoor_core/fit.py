@@ -8,6 +8,7 @@ epoch, appends the history, and finally saves the model and marks the record com
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -73,15 +74,15 @@ def fit(spec: ModelSpec, train: Split, config: TrainConfig, run_dir: Path, *, me
     record = dict(record or {})
     record["config"] = {**record.get("config", {}), "train": dataclasses.asdict(config)}
     record = {"kind": "train", "dataset": train.name, "model": spec.to_dict(), **record}
-    tx = make_optimizer(config, spe * config.epochs)
+    # The seed lives in the state, not the step: runs differing only in it share a program.
+    tx, step_fn = compiled_train_step(spec, dataclasses.replace(config, seed=0), spe * config.epochs, mesh,
+                                      batch_transform)
     with rundir.open_run(run_dir, record) as (run_dir, resuming):
         checkpoints = TrainCheckpoints(run_dir / rundir.CHECKPOINTS, config.max_to_keep)
         state = _initial_state(spec, config, tx, initial_variables)
         if resuming and checkpoints.latest_step() is not None:
             state = checkpoints.restore(state)
             rundir.truncate_history(run_dir, int(state.step))
-        step_fn = make_train_step(build_model(spec), tx, mesh, crop_padding=config.crop_padding,
-                                  hflip=config.hflip, batch_transform=batch_transform)
         state, complete = _run_epochs(step_fn, replicate(mesh, state), train, config, mesh, checkpoints,
                                       run_dir, eval_fn, stop_after_steps, progress)
         variables = jax.device_get(state.variables())
@@ -91,6 +92,17 @@ def fit(spec: ModelSpec, train: Split, config: TrainConfig, run_dir: Path, *, me
             rundir.update_record(run_dir, status="complete", metrics=final, steps=int(state.step))
         checkpoints.close()
     return FitResult(variables, rundir.read_history(run_dir), complete, run_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_train_step(spec: ModelSpec, config: TrainConfig, total_steps: int, mesh,
+                        batch_transform: BatchTransform | None):
+    """(optimiser, jitted train step) for these settings; cached so that runs with the same
+    settings in one process (a resumed run, clean runs of several seeds, the tests) share one
+    compiled program. `batch_transform` is keyed by identity."""
+    tx = make_optimizer(config, total_steps)
+    return tx, make_train_step(build_model(spec), tx, mesh, crop_padding=config.crop_padding, hflip=config.hflip,
+                               batch_transform=batch_transform)
 
 
 def _initial_state(spec: ModelSpec, config: TrainConfig, tx, initial_variables: dict | None) -> TrainState:

@@ -34,10 +34,15 @@ class EraseResult:
     state: DHBEState
 
 
-@functools.lru_cache(maxsize=8)
 def compiled_iteration(spec: ModelSpec, config: DHBEConfig, mesh):
     """(players, jitted iteration) for a model spec, config and mesh; cached so that runs with
-    the same settings share one compiled program."""
+    the same settings share one compiled program. G's warm-up runs before the game and is not
+    part of the iteration, so configs that differ only in `generator_warmup` share it too."""
+    return _compiled_iteration(spec, dataclasses.replace(config, generator_warmup=0), mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_iteration(spec: ModelSpec, config: DHBEConfig, mesh):
     players = make_players(build_model(spec), tuple(spec.image_shape), config)
     return players, make_iteration(players, config, tuple(spec.image_shape), mesh)
 

@@ -301,9 +301,23 @@ def make_generator_warmup(players: Players, config: DHBEConfig, image_shape, mes
     dropped afterwards) on balance_loss + confidence_loss of the teacher's logits on G's batch,
     plus G's TV prior. Only G's parameters change; the latents come from a key folded off the
     state's, which the game's draws do not use. Each step is one jitted call (XLA:CPU runs a
-    rolled scan of these steps several times slower). Metrics: the last step's balance and
-    confidence losses.
+    rolled scan of these steps several times slower), compiled once per players, config (the
+    number of steps aside) and mesh. Metrics: the last step's balance and confidence losses.
     """
+    tx, step = _warmup_step(players, dataclasses.replace(config, generator_warmup=0), tuple(image_shape), mesh)
+
+    def warmup(state: DHBEState, teacher):
+        generator, opt, metrics = state.generator, tx.init(state.generator), {}
+        for key in jax.random.split(jax.random.fold_in(state.key, 1), config.generator_warmup):
+            generator, opt, metrics = step(generator, opt, teacher, key)
+        return state.replace(generator=generator), metrics
+
+    return warmup
+
+
+@functools.lru_cache(maxsize=8)
+def _warmup_step(players: Players, config: DHBEConfig, image_shape, mesh):
+    """(G's warm-up optimiser, the jitted step (generator, opt, teacher, key) -> (generator, opt, metrics))."""
     f = _Forward(players, config, image_shape, mesh)
     tx = optax.adam(config.generator_lr)
 
@@ -320,13 +334,7 @@ def make_generator_warmup(players: Players, config: DHBEConfig, image_shape, mes
         updates, opt = tx.update(grads, opt, generator)
         return optax.apply_updates(generator, updates), opt, metrics
 
-    def warmup(state: DHBEState, teacher):
-        generator, opt, metrics = state.generator, tx.init(state.generator), {}
-        for key in jax.random.split(jax.random.fold_in(state.key, 1), config.generator_warmup):
-            generator, opt, metrics = step(generator, opt, teacher, key)
-        return state.replace(generator=generator), metrics
-
-    return warmup
+    return tx, step
 
 
 def make_iteration(players: Players, config: DHBEConfig, image_shape, mesh):

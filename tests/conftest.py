@@ -50,18 +50,46 @@ def random_split(n=64, shape=(32, 32, 3), num_classes=10, seed=0, name="syntheti
     return Split(images, labels, tuple(str(i) for i in range(num_classes)), name)
 
 
+# The recipe of the session's two trained digit models (below): small_cnn at width 0.5, 2 epochs.
+DIGITS_RECIPE = dict(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=2, hflip=False, seed=3)
+
+
+def digits_3000(train: Split) -> Split:
+    """The 3,000 random training digits both session models see (the shipped subset is sorted by class)."""
+    return train.subset(np.random.default_rng(0).permutation(len(train))[:3000])
+
+
 @pytest.fixture(scope="session")
 def badnets_run(tmp_path_factory, mnist_subset):
-    """A finished BadNets attack run (small_cnn width 0.5, 2 epochs on 3,000 shipped digits)."""
+    """A finished BadNets attack run (small_cnn width 0.5, 2 epochs on `digits_3000`), made by the
+    attack CLI's `run_attack` and shared by the tests that need a backdoored teacher."""
     from experiments.attack import run_attack
     from experiments.configs import attack_base
 
     train, test = mnist_subset
-    keep = np.random.default_rng(0).permutation(len(train))[:3000]
+    train = digits_3000(train)
     root = tmp_path_factory.mktemp("badnets")
-    np.savez(root / "digits.npz", x_train=train.images[keep], y_train=train.labels[keep],
+    np.savez(root / "digits.npz", x_train=train.images, y_train=train.labels,
              x_test=test.images, y_test=test.labels)
     cfg = attack_base.get_config()
     cfg.dataset, cfg.out, cfg.num_devices, cfg.width = str(root / "digits.npz"), str(root / "run"), 1, 0.5
-    cfg.train.update(dict(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=2, hflip=False, seed=3))
+    cfg.train.update(DIGITS_RECIPE)
     return run_attack(cfg).run_dir
+
+
+@pytest.fixture(scope="session")
+def clean_digits_fit(tmp_path_factory, mnist_subset, mesh1):
+    """(FitResult, spec, run_dir) of a clean small_cnn trained like `badnets_run`, evaluated on the
+    full shipped test split after each epoch: the clean reference of the BadNets test and the
+    subject of the training test."""
+    from backdoor_core.fit import fit
+    from backdoor_core.models import build_model, spec_for_data
+    from backdoor_core.train import TrainConfig, clean_eval_fn
+
+    train, test = mnist_subset
+    train = digits_3000(train)
+    spec = spec_for_data("small_cnn", train.images, train.num_classes, 0.5)
+    run_dir = tmp_path_factory.mktemp("clean") / "run"
+    result = fit(spec, train, TrainConfig(**DIGITS_RECIPE), run_dir, mesh=mesh1,
+                 eval_fn=clean_eval_fn(build_model(spec), test, mesh1), progress=False)
+    return result, spec, run_dir

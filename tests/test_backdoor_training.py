@@ -16,24 +16,18 @@ from attacks.base import AttackConfig
 from attacks.poison import poison_split
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
-from backdoor_core.fit import fit
-from backdoor_core.models import build_model, spec_for_data
-from backdoor_core.train import TrainConfig, clean_eval_fn
+from backdoor_core.train import TrainConfig
 from experiments.attack import run_attack
+from conftest import DIGITS_RECIPE, digits_3000
 from experiments.configs import attack_base
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = TrainConfig(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=2, hflip=False, seed=3)
+RECIPE = TrainConfig(**DIGITS_RECIPE)
 
 
 def mixed(split, n, seed=0):
     """n images of `split` drawn at random (the shipped subset is sorted by class)."""
     return split.subset(np.random.default_rng(seed).permutation(len(split))[:n])
-
-
-def write_npz(path, train, test):
-    np.savez(path, x_train=train.images, y_train=train.labels, x_test=test.images, y_test=test.labels)
-    return str(path)
 
 
 def cli_config(dataset, out, **overrides):
@@ -50,25 +44,19 @@ def cli_config(dataset, out, **overrides):
     return cfg
 
 
-def test_badnets_cli_implants_a_backdoor_at_clean_accuracy(mnist_subset, mesh1, tmp_path):
-    train, test = mnist_subset
-    train = mixed(train, 2400)
-    dataset = write_npz(tmp_path / "digits.npz", train, test)
-    result = run_attack(cli_config(dataset, tmp_path / "bd"))
-    metrics = rundir.read_record(result.run_dir)["metrics"]
-
-    spec = spec_for_data("small_cnn", train.images, train.num_classes, 0.5)
-    clean = fit(spec, train, RECIPE, tmp_path / "clean", mesh=mesh1, progress=False,
-                eval_fn=clean_eval_fn(build_model(spec), test, mesh1))
-    clean_acc = clean.history[-1]["test_acc"]
+def test_badnets_cli_implants_a_backdoor_at_clean_accuracy(mnist_subset, badnets_run, clean_digits_fit):
+    # conftest: the attack CLI's run_attack on 3,000 digits, and a clean model of the same recipe.
+    train = digits_3000(mnist_subset[0])
+    metrics = rundir.read_record(badnets_run)["metrics"]
+    clean_acc = clean_digits_fit[0].history[-1]["test_acc"]
     assert metrics["asr"] >= 0.9 and metrics["asr_strict"] >= 0.9 and metrics["ra"] <= 0.1
     assert metrics["test_acc"] >= clean_acc - 0.03 and metrics["test_acc"] > 0.85
 
-    run = result.run_dir
+    run = badnets_run
     for name in ("examples.png", "trigger.npz", "trigger.json", POISONED_INDICES, "model"):
         assert (run / name).exists(), name
     indices = np.load(run / POISONED_INDICES)
-    assert len(indices) == 240 and np.all(train.labels[indices] != 0)
+    assert len(indices) == 300 and np.all(train.labels[indices] != 0)
     config, trigger = load_attack(run)
     assert config == AttackConfig("badnets", params=config.params) and config.params["size"] == 3
     # The saved trigger and config reproduce the poisoned training set exactly.

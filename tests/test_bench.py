@@ -16,9 +16,11 @@ def test_conv_gflop_of_cifar_resnet18():
     assert quarter == pytest.approx(gflop / 16, rel=0.05)  # channels x1/4 on both sides of every conv
 
 
+# The row's plumbing does not depend on the architecture: the small CNN compiles in a fraction of
+# a ResNet's time (the CLI's own models are timed by the benchmarks, not by the suite).
 @pytest.mark.parametrize("task", ["train", "pgd"])
 def test_bench_row_without_torch(task):
-    row = bench.bench(task, "preact_resnet18", 0.0625, 8, vs=(), repeats=1, steps=1, threads=1)
+    row = bench.bench(task, "small_cnn", 0.25, 8, vs=(), repeats=1, steps=1, threads=1)
     assert row["ours_s"] > 0 and row["ours_gflops"] > 0 and "torch_s" not in row and "xla_s" not in row
 
 
@@ -32,7 +34,7 @@ def test_bench_vs_xla_traces_its_step_with_xla_convolution(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(bench, "our_train", spy)
-    row = bench.bench("train", "preact_resnet18", 0.0625, 8, vs=("xla",), repeats=1, steps=1, threads=1)
+    row = bench.bench("train", "small_cnn", 0.25, 8, vs=("xla",), repeats=1, steps=1, threads=1)
     assert seen == ["winograd", "xla"] and row["xla_s"] > 0 and row["ratio_xla_over_ours"] > 0
     assert bench.conv_impl() == "winograd"  # the environment is restored
 

@@ -12,9 +12,11 @@ from experiments.erase import erase_run
 
 
 def smoke(iterations=6):
+    """The smoke variant made tiny; for DHBE it equals test_dhbe.TINY (one compiled iteration)."""
     cfg = erase_dhbe.get_config("smoke")
     cfg.num_devices = 1
-    cfg.dhbe.update(dict(iterations=iterations, batch_size=8, student_steps=2, ngf=8, nz=16, nz_trigger=16))
+    cfg.dhbe.update(dict(iterations=iterations, batch_size=8, student_steps=2, ngf=8, nz=16, nz_trigger=16,
+                         balance_weight=0.5))
     cfg.eval_every = cfg.checkpoint_every = 3
     return cfg
 

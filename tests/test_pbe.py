@@ -12,7 +12,6 @@ from attacks.base import AttackConfig
 from attacks.pgd import PGDConfig, model_logits_fn, pgd
 from backdoor_core.augment import to_float
 from backdoor_core.errors import InputError
-from backdoor_core.fit import fit
 from backdoor_core.models import build_model, spec_for_data
 from backdoor_core.sharding import replicate, shard_batch
 from backdoor_core.train import TrainConfig, create_train_state
@@ -127,14 +126,14 @@ def test_aft_schedule(data, backdoored, mesh1):
     assert [r["adversarial_batches"] for r in epochs] == [3, 0] and all("marker" in r for r in epochs)
 
 
-def test_detection_finds_the_target(data, backdoored, mesh1, tmp_path):
+def test_detection_finds_the_target(data, backdoored, clean_digits_fit, mesh1):
     train, test = data
     model, variables, _, metrics = backdoored
     assert metrics["asr"] > 0.9
     backdoored = detect(model, variables, test.images, DETECT, mesh=mesh1)
-    spec = spec_for_data("small_cnn", train.images, train.num_classes, 0.5)
-    clean = fit(spec, train, TrainConfig(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=0, hflip=False),
-                tmp_path / "clean", mesh=mesh1, progress=False)
+    # The session's clean model (conftest): the same architecture trained on the same 3,000 digits.
+    clean, clean_spec, _ = clean_digits_fit
+    assert clean_spec == spec_for_data("small_cnn", train.images, train.num_classes, 0.5)
     honest = detect(model, clean.variables, test.images, DETECT, mesh=mesh1)
     assert backdoored.suspected_target == 0
     assert backdoored.concentration > honest.concentration + 0.2
