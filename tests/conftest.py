@@ -11,6 +11,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from pathlib import Path  # noqa: E402
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -18,6 +19,13 @@ from backdoor_core.data import Split, load_dataset  # noqa: E402
 from backdoor_core.sharding import make_mesh  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "mnist_subset.npz"
+
+
+def jit_once(fun, **kwargs):
+    """jax.jit for a test's reference computation that runs once: compiled with XLA's backend
+    optimisation level 0, which on this CPU compiles several times faster and changes only
+    float rounding (the comparisons' tolerances are float-level)."""
+    return jax.jit(fun, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
 
 
 @pytest.fixture(autouse=True)

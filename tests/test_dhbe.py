@@ -282,3 +282,5 @@ def test_resume_with_generator_warmup(teacher, mesh1, tmp_path):
     tree_close(full.variables, resumed.variables, rtol=0, atol=0)
     assert [r["step"] for r in resumed.history] == [0, 1, 2, 3, 4, 5, 6]
     assert "warmup_balance" in resumed.history[0]
+    # One program for the game with or without a warm-up before it (and after a restore).
+    assert compiled_iteration(teacher[0], config, mesh1)[1]._cache_size() == 1

@@ -8,6 +8,7 @@ import pytest
 from backdoor_core.errors import InputError
 from backdoor_core.models import MODELS, ModelSpec, build_model, init_variables, spec_for_data
 from backdoor_core.models.layers import Normalize
+from conftest import jit_once
 
 
 def spec(name, width=0.25, classes=10):
@@ -36,7 +37,7 @@ def test_forward_pass_is_finite_and_train_mode_updates_batch_stats(name):
     s = spec(name, classes=7)
     variables = init_variables(s, jax.random.PRNGKey(0))
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, *s.image_shape))
-    logits, updates = jax.jit(lambda v, x: build_model(s).apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+    logits, updates = jit_once(lambda v, x: build_model(s).apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
     assert bool(jnp.all(jnp.isfinite(logits)))
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], updates["batch_stats"])
     assert all(jax.tree.leaves(changed))
@@ -190,7 +191,7 @@ def test_registry_model_is_the_same_function_with_any_conv(monkeypatch):
         monkeypatch.setenv("BACKDOOR_CONV", impl)
         model = build_model(spec)
         variables = init_variables(spec, jax.random.PRNGKey(0))
-        outputs[impl] = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+        outputs[impl] = np.asarray(jit_once(lambda v, x: model.apply(v, x, train=False))(variables, x))
     np.testing.assert_allclose(outputs["winograd"], outputs["xla"], atol=1e-4, rtol=1e-4)
     monkeypatch.setenv("BACKDOOR_CONV", "nope")
     with pytest.raises(ValueError, match="BACKDOOR_CONV='nope'"):

@@ -18,6 +18,7 @@ from backdoor_core.train import TrainConfig, create_train_state
 from pbe_jax import (AFTConfig, AugmentConfig, DetectConfig, PBEConfig, aft, consistency_scores, detect, make_trainer,
                      pbe, pbe_augment, rotate, select_clean_subset)
 from backdoor_core.train import sgd_update
+from conftest import jit_once
 
 # One fine-tuning setting for every test, so each mesh compiles the step once.
 TINY = dict(batch_size=32, pgd=PGDConfig(eps=0.1, alpha=0.03, steps=2), augment=AugmentConfig(hflip=False))
@@ -87,7 +88,7 @@ def test_pgd_inside_the_step_matches_standalone(data, backdoored, mesh1):
 
     copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731 (the step donates its state)
     stepped, _ = trainer.step(copy(state), images, labels, np.bool_(True))
-    reference, _ = jax.jit(lambda s, x, y: sgd_update(model, trainer.tx, s, x, y))(copy(state).replace(key=next_key), expected, labels)
+    reference, _ = jit_once(lambda s, x, y: sgd_update(model, trainer.tx, s, x, y))(copy(state).replace(key=next_key), expected, labels)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), stepped.params, reference.params)
     trainer.step(copy(state), images, labels, np.bool_(False))
     assert trainer.step._cache_size() == 1  # adversarial and plain steps share one program
