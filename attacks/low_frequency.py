@@ -23,6 +23,7 @@ official code picks from the perturbation's fooling statistics (BackdoorBench al
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -100,23 +101,26 @@ def optimise_perturbation(module: nn.Module, variables: dict, images: jax.Array,
     """Step 3: the universal low-frequency perturbation [H, W, C] in [0, amplitude].
 
     images: clean training images [N, H, W, C] in [0, 1]; each update uses a random batch of
-    `params.batch_size` of them. Runs in one jitted `lax.fori_loop`.
+    `params.batch_size` of them. Runs in one jitted `lax.fori_loop`, compiled once per (module,
+    target, params, shapes): the weights are an argument, not constants of the program.
     """
+    return _optimise(module, variables, images, target, params, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _optimise(module: nn.Module, variables: dict, images: jax.Array, target: int, params: LowFrequencyParams,
+              key: jax.Array) -> jax.Array:
     logits_fn = lambda x: module.apply(variables, x, train=False)
     grad_fn = jax.grad(target_loss)
     n, batch = images.shape[0], min(params.batch_size, images.shape[0])
 
-    @jax.jit
-    def run(images, key):
-        def body(i, v):
-            pick = jax.random.choice(jax.random.fold_in(key, i), n, (batch,), replace=False)
-            g = gaussian_blur(grad_fn(v, images[pick], logits_fn, target), params.sigma)
-            step = g / jnp.maximum(jnp.max(jnp.abs(g)), 1e-12)
-            return normalise(gaussian_blur(v - params.learning_rate * step, params.sigma), params.amplitude)
+    def body(i, v):
+        pick = jax.random.choice(jax.random.fold_in(key, i), n, (batch,), replace=False)
+        g = gaussian_blur(grad_fn(v, images[pick], logits_fn, target), params.sigma)
+        step = g / jnp.maximum(jnp.max(jnp.abs(g)), 1e-12)
+        return normalise(gaussian_blur(v - params.learning_rate * step, params.sigma), params.amplitude)
 
-        return jax.lax.fori_loop(0, int(params.steps), body, jnp.zeros(images.shape[1:], jnp.float32))
-
-    return run(images, key)
+    return jax.lax.fori_loop(0, int(params.steps), body, jnp.zeros(images.shape[1:], jnp.float32))
 
 
 def low_frequency_trigger(model: TrainedModel, train: Split, target: int, params: LowFrequencyParams,
