@@ -17,8 +17,8 @@ from attacks.poison import poison_split
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
 from backdoor_core.train import TrainConfig
-from experiments.attack import run_attack
 from conftest import DIGITS_RECIPE, digits_3000
+from experiments.attack import run_attack
 from experiments.configs import attack_base
 
 ROOT = Path(__file__).resolve().parents[1]
