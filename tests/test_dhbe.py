@@ -130,10 +130,10 @@ def test_each_player_decreases_its_own_loss(teacher):
         assert float(after) < float(before)
 
 
-def reference_iteration(players, config, state, teacher_vars):
+def reference_iteration(players, config, state, teacher_vars, image_shape):
     """DHBE's iteration written out eagerly: Python loop, one value_and_grad per update. G's loss
     has the official terms plus the cpu config's class-balance term."""
-    model, sigma = players.model, config.sigma((28, 28, 1))
+    model, sigma = players.model, config.sigma(image_shape)
     key, k_student, k_gen, k_trig = jax.random.split(state.key, 4)
 
     def gen(params, module, z):
@@ -147,7 +147,7 @@ def reference_iteration(players, config, state, teacher_vars):
         (kpz, kpos), (kfz, _) = [jax.random.split(k) for k in jax.random.split(key, 2)]
         p1 = gen(trig["patch"], players.patch, jax.random.normal(kpz, (config.batch_size, config.nz_trigger)))
         p2 = gen(trig["full"], players.full, jax.random.normal(kfz, (config.batch_size, config.nz_trigger)))
-        return [add_patches(kpos, x, p1), jnp.clip(x + sigma / (28 * 28) * p2, 0, 1)]
+        return [add_patches(kpos, x, p1), jnp.clip(x + sigma / (image_shape[0] * image_shape[1]) * p2, 0, 1)]
 
     def restriction(params, stats, s, xs):
         r = 0.0
@@ -196,7 +196,7 @@ def reference_iteration(players, config, state, teacher_vars):
 def test_jitted_iteration_matches_eager_reference(teacher, mesh1):
     players, iteration = compiled_iteration(teacher[0], TINY, mesh1)
     state = init_state(players, teacher[1], TINY, jax.random.PRNGKey(7))
-    expected = jax.jit(lambda s, t: reference_iteration(players, TINY, s, t))(state, teacher[1])
+    expected = jax.jit(lambda s, t: reference_iteration(players, TINY, s, t, teacher[0].image_shape))(state, teacher[1])
     got, metrics = iteration(replicate(mesh1, state), replicate(mesh1, teacher[1]))
     tree_close(got.student, expected.student, rtol=1e-4, atol=1e-5)
     tree_close(got.student_opt, expected.student_opt, rtol=1e-4, atol=1e-5)
