@@ -15,6 +15,7 @@ iteration i here is iteration i of `experiments.erase` with the same settings.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 
 import jax
@@ -45,6 +46,21 @@ def most_moved(params, reference, k: int = 8) -> list[tuple[float, float, str]]:
     return sorted(rows, reverse=True)[:k]
 
 
+def parse_overrides(items: list[str], config: DHBEConfig) -> dict:
+    """{'name': value} from ['name=value', ...]; values as Python literals (0.005, False, (3, 5))."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    overrides = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
+        try:
+            overrides[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--set {item!r}: {text!r} is not a Python literal (a number, True/False, a tuple)")
+    return overrides
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run")
@@ -58,8 +74,7 @@ def main():
 
     run = load_attack_run(output_dir(args.run))
     config = dataclass_from_config(DHBEConfig, get_config(args.variant).dhbe)
-    overrides = dict(item.split("=", 1) for item in args.set)
-    config = dataclasses.replace(config, **{k: type(getattr(config, k))(v) for k, v in overrides.items()})
+    config = dataclasses.replace(config, **parse_overrides(args.set, config))
     if args.defense == "dfad":
         config = dataclasses.replace(config, lam=0.0)
     pick = np.random.default_rng(0).permutation(len(run.test.labels))[:args.subset]
