@@ -44,7 +44,9 @@ CONVENTIONS = """Metrics (percent, except DER; final models, never selected with
 clean test set; ASR on triggered test images whose true class is not the target; ASR* only over
 those the model classifies correctly when clean (DHBE's convention); RA the share of triggered
 images still given their true label; DER = (max(0, dASR) - max(0, dACC) + 1) / 2 against the
-teacher. `seconds`: wall time of the cell when it ran (reused cells keep their first time).
+teacher. `seconds`: wall time of the cell, summed over the attempts this matrix recorded (reused
+cells keep it); `+` marks a cell resumed after an attempt that left no record (a killed process):
+its time is missing, so the figure is a lower bound.
 """
 
 
@@ -136,23 +138,39 @@ class Matrix:
                 return {"run": key, "status": "stale",
                         "error": f"finished with another configuration ({diff}); move it away to rerun"}
             old = self.previous.get(key, {})
-            return {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True}
+            return {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True,
+                    **({"time_incomplete": True} if old.get("time_incomplete") else {})}
         if self.cfg.get("reuse_only"):
             return {"run": key, "status": "not run", "error": "reuse_only: no finished run here"}
+        earlier, incomplete = self.earlier_attempts(run_dir)
         start = time.perf_counter()
         try:
             fn()
             status = "complete" if is_complete(run_dir) else "stopped"
-            row = {"run": key, "status": status, "seconds": round(time.perf_counter() - start, 1)}
+            row = {"run": key, "status": status, "seconds": round(earlier + time.perf_counter() - start, 1)}
         except Exception as e:  # a failing cell is reported; the matrix goes on
             detail = traceback.format_exc(limit=8)
-            row = {"run": key, "status": "failed", "seconds": round(time.perf_counter() - start, 1),
+            row = {"run": key, "status": "failed", "seconds": round(earlier + time.perf_counter() - start, 1),
                    "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
             tqdm.write(f"cell failed: {key}\n{detail}")
+        if incomplete:
+            row["time_incomplete"] = True
         with self.log_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.previous[key] = row
         return row
+
+    def earlier_attempts(self, run_dir: Path) -> tuple[float, bool]:
+        """(seconds the recorded earlier attempts of this cell took, whether some attempt's time is
+        missing). A cell with saved state resumes: its last recorded attempt, if it stopped or
+        failed, carries the time so far; if there is none, or it is not one of those, the attempt
+        that saved the state ended without a record (its process was killed)."""
+        if not rundir.has_saved_state(run_dir):
+            return 0.0, False
+        prior = self.previous.get(str(run_dir), {})
+        if prior.get("status") in ("stopped", "failed"):
+            return float(prior.get("seconds") or 0.0), bool(prior.get("time_incomplete"))
+        return 0.0, True
 
     def teacher_config(self, dataset: str, model: str, width: float, attack: str, seed: int, clean_run: str | None):
         spec = self.cfg.datasets[dataset]
@@ -223,7 +241,8 @@ class Matrix:
     def result_row(ids: dict, defense: str, outcome: dict) -> dict:
         """One results row: the cell's identity, status and (if finished) its metrics."""
         row = {**ids, "defense": defense, "status": outcome["status"], "seconds": outcome.get("seconds"),
-               "run": outcome["run"], "error": outcome.get("error", "")}
+               "run": outcome["run"], "error": outcome.get("error", ""),
+               "time_incomplete": bool(outcome.get("time_incomplete"))}
         if outcome["status"] == "complete":
             _, table_row = run_row(Path(outcome["run"]))
             row.update({k: table_row.get(k, "-") for k in ("C-Acc", "ASR", "ASR*", "RA", "DER")})
@@ -233,13 +252,15 @@ class Matrix:
 def write_results(out: Path, rows: list[dict]) -> None:
     """results.csv, results.md (with the metric conventions) and plots/asr_cacc.png."""
     with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*RESULTS_COLUMNS, "error"], extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=[*RESULTS_COLUMNS, "error", "time_incomplete"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["# Results", "", CONVENTIONS, "| " + " | ".join(RESULTS_COLUMNS[:-1]) + " |",
              "|" + "---|" * (len(RESULTS_COLUMNS) - 1)]
     for row in rows:
         cells = [str(row.get(c) if row.get(c) is not None else "-") for c in RESULTS_COLUMNS[:-1]]
+        if row.get("time_incomplete") and row.get("seconds") is not None:
+            cells[RESULTS_COLUMNS.index("seconds")] += "+"
         if row["status"] not in ("complete",):
             cells[RESULTS_COLUMNS.index("status")] = f"{row['status']}: {row.get('error', '')}"
         lines.append("| " + " | ".join(cells) + " |")

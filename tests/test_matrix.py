@@ -109,3 +109,28 @@ def test_shipped_matrix_configs_build_every_cell_config(name):
                 assert teacher.attack == attack and teacher.dataset == cfg.datasets[dataset].source
     assert [matrix.defense_config(d).defense for d in cfg.defenses] == [
         "dhbe" if d == "dfad" else d for d in cfg.defenses]
+
+
+def test_cell_seconds_sum_recorded_attempts_and_mark_missing_ones(tiny_matrix, tmp_path):
+    out = tmp_path / "matrix"
+    tiny_matrix.defenses = ("clp",)
+    tiny_matrix.datasets.digits.overrides.stop_after_steps = 5  # a time-boxed session: the teacher stops
+    first = run_matrix(tiny_matrix)
+    assert [r["status"] for r in first] == ["stopped", "skipped"]
+    # Make the recorded attempt's time unmistakable: the resumed attempt must add to it.
+    cells = read_cells(out)
+    cells[-1]["seconds"] = 10000.0
+    (out / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
+    tiny_matrix.datasets.digits.overrides.stop_after_steps = 10
+    second = run_matrix(tiny_matrix)
+    assert second[0]["status"] == "stopped" and 10000.0 < second[0]["seconds"] < 10000.0 + 600
+    assert not second[0]["time_incomplete"]
+
+    (out / "cells.jsonl").unlink()  # the next attempt finds saved state but no record of how it got there
+    del tiny_matrix.datasets.digits.overrides["stop_after_steps"]
+    done = run_matrix(tiny_matrix)
+    assert [r["status"] for r in done] == ["complete", "complete"]
+    assert done[0]["time_incomplete"] and done[0]["seconds"] < 10000.0 and not done[1]["time_incomplete"]
+    teacher_line = next(line for line in (out / "results.md").read_text().splitlines() if "| none |" in line)
+    assert f"| {done[0]['seconds']}+ |" in teacher_line
+    assert run_matrix(tiny_matrix)[0]["time_incomplete"]  # reused: the mark stays with the cell
