@@ -139,7 +139,7 @@ class Matrix:
                         "error": f"finished with another configuration ({diff}); move it away to rerun"}
             old = self.previous.get(key, {})
             return {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True,
-                    **({"time_incomplete": True} if old.get("time_incomplete") else {})}
+                    "time_incomplete": bool(old.get("time_incomplete"))}
         if self.cfg.get("reuse_only"):
             return {"run": key, "status": "not run", "error": "reuse_only: no finished run here"}
         earlier, incomplete = self.earlier_attempts(run_dir)
