@@ -21,8 +21,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from backdoor_core.metrics import clean_accuracy
 from backdoor_core.sharding import make_mesh, replicate
+from backdoor_core.train import predict
 from dhbe_jax import DHBEConfig
 from dhbe_jax.erase import compiled_iteration
 from dhbe_jax.step import init_state, make_generator_warmup
@@ -33,8 +36,7 @@ from experiments.defenses.common import load_attack_run
 
 def parameter_distance(params, reference) -> float:
     """L2 norm of (params - reference) over every array of the two same-structured pytrees."""
-    return float(jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(params),
-                                                                     jax.tree.leaves(reference)))))
+    return float(optax.global_norm(jax.tree.map(jnp.subtract, params, reference)))
 
 
 def most_moved(params, reference, k: int = 8) -> list[tuple[float, float, str]]:
@@ -78,11 +80,9 @@ def main():
     if args.defense == "dfad":
         config = dataclasses.replace(config, lam=0.0)
     pick = np.random.default_rng(0).permutation(len(run.test.labels))[:args.subset]
-    x, y = jnp.asarray(run.test.images[pick].astype(np.float32) / 255.0), np.asarray(run.test.labels[pick])
-    predict = jax.jit(lambda v, x: run.module.apply(v, x, train=False).argmax(-1))
-    accuracy = lambda v: float((np.asarray(predict(v, x)) == y).mean())
-
     mesh = make_mesh()
+    images, labels = run.test.images[pick], run.test.labels[pick]
+    accuracy = lambda v: clean_accuracy(predict(run.module, v, images, mesh=mesh), labels)
     players, iteration = compiled_iteration(run.spec, config, mesh)
     state = replicate(mesh, init_state(players, run.variables, config, jax.random.PRNGKey(0)))
     teacher = replicate(mesh, run.variables)
