@@ -13,7 +13,8 @@ ngf 64, nz 256) with the student initialised from the model; PyTorch: the offici
 update loop written eagerly (`bench_torch.dhbe_iteration_fn`, same networks, same order). Timing:
 after warm-up (compilation), the two sides alternate for `--repeats` rounds of `--steps` calls
 each; the table gives the median seconds per call and the ratio torch / ours (> 1: we are
-faster). torch uses `--threads` threads (default: the machine's cores); JAX uses its default.
+faster). torch uses `--threads` threads (default: the machine's cores) on `--torch-device` (cpu, or cuda
+on a GPU machine: JAX then runs on the GPU too); JAX uses its default backend.
 Before timing, both sides are checked to compute the same logits (max abs difference printed).
 torch and torchattacks are optional benchmark dependencies (`pip install torch torchattacks`).
 `--vs xla`: the same jitted step of ours traced with XLA's convolution in every layer
@@ -151,8 +152,12 @@ def alternate(fns: dict, repeats: int, steps: int) -> dict:
 
 
 def bench(task: str, model: str, width: float, batch: int, vs: tuple[str, ...], repeats: int, steps: int,
-          threads: int) -> dict:
-    """One benchmark row: seconds per call (ours and each of `vs`), ratios, GFLOP/s, logits agreement."""
+          threads: int, torch_device: str = "cpu") -> dict:
+    """One benchmark row: seconds per call (ours and each of `vs`), ratios, GFLOP/s, logits agreement.
+
+    `torch_device` places the PyTorch reference ("cpu" or "cuda"); each of its calls waits for the
+    device before returning, as ours do (`block_until_ready`).
+    """
     spec = ModelSpec(model, 10, (32, 32, 3), width, CIFAR_MEAN, CIFAR_STD)
     variables = jax.device_get(init_variables(spec, jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
@@ -172,11 +177,14 @@ def bench(task: str, model: str, width: float, batch: int, vs: tuple[str, ...], 
         from experiments import bench_torch
 
         torch.set_num_threads(threads)
+        dev = torch.device(torch_device)
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         tmodel = bench_torch.TorchCifarResNet(10, width, model == "preact_resnet18", CIFAR_MEAN, CIFAR_STD)
-        bench_torch.load_flax_variables(tmodel, variables).eval()
-        xt, yt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y.astype(np.int64))
+        tmodel = bench_torch.load_flax_variables(tmodel, variables).to(dev).eval()
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dev)
+        yt = torch.from_numpy(y.astype(np.int64)).to(dev)
         with torch.no_grad():
-            theirs = tmodel(xt).numpy()
+            theirs = tmodel(xt).cpu().numpy()
         ours = np.asarray(build_model(spec).apply(variables, jnp.asarray(x), train=False))
         row["max_logit_diff"] = float(np.abs(theirs - ours).max())
         if task == "train":
@@ -184,10 +192,11 @@ def bench(task: str, model: str, width: float, batch: int, vs: tuple[str, ...], 
         elif task == "dhbe":
             student = bench_torch.load_flax_variables(
                 bench_torch.TorchCifarResNet(10, width, model == "preact_resnet18", CIFAR_MEAN, CIFAR_STD), variables)
-            fns["torch"] = bench_torch.dhbe_iteration_fn(tmodel, student, batch)
+            fns["torch"] = bench_torch.dhbe_iteration_fn(tmodel, student.to(dev), batch, device=dev)
         else:
             attack, row["torch_impl"] = bench_torch.pgd_fn(tmodel, 6 / 255, 1.2 / 255, 7)
-            fns["torch"] = lambda: attack(xt, yt)
+            fns["torch"] = lambda: (attack(xt, yt), sync())
+        row["torch_device"] = dev.type
     medians = alternate(fns, repeats, steps)
     # train: forward + backward (input and weight gradients) ~ 3x forward; PGD-7: 7 x (forward +
     # input gradient only) ~ 7 x 2x forward; DHBE: 5 student steps x (teacher forward + 2 student
@@ -218,6 +227,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--torch-device", default="cpu", choices=("cpu", "cuda"),
+                        help="where the PyTorch reference runs (cuda: a GPU build of torch)")
     parser.add_argument("--conv", choices=IMPLEMENTATIONS, help="our convolution (default: auto; see backdoor_core/models/conv.py)")
     args = parser.parse_args(argv)
     if args.conv:
@@ -225,7 +236,8 @@ def main(argv=None) -> int:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
           f"({jax.default_backend()}), our conv {conv_impl()}, malloc {malloc_choice()}, batch {args.batch}, median of {args.repeats} rounds of {args.steps} calls")
     for width in args.widths:
-        row = bench(args.task, args.model, width, args.batch, tuple(args.vs), args.repeats, args.steps, args.threads)
+        row = bench(args.task, args.model, width, args.batch, tuple(args.vs), args.repeats, args.steps, args.threads,
+                    args.torch_device)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return 0
 

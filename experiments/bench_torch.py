@@ -166,14 +166,16 @@ class PatchGenerator(nn.Module):
 
 
 def dhbe_iteration_fn(teacher: nn.Module, student: nn.Module, batch: int, nz: int = 256, lam: float = 0.1,
-                      student_steps: int = 5, size: int = 32):
+                      student_steps: int = 5, size: int = 32, device: str = "cpu"):
     """One DHBE iteration the official way: 5 student steps, one G step, one G_p step, eagerly.
 
     As in the official code, the generator steps backpropagate through the teacher's and the
     student's weights too (their gradients are computed and never used), the teacher is in eval
-    mode and the student in train mode, and one patch position is drawn per batch.
+    mode and the student in train mode, and one patch position is drawn per batch. The noise and
+    the generators live on `device` (the networks passed in must already be there); reading the
+    returned loss waits for the device.
     """
-    gen, trig = DFADGenerator(nz), PatchGenerator(nz)
+    gen, trig = DFADGenerator(nz).to(device), PatchGenerator(nz).to(device)
     opt_s = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     opt_g, opt_p = torch.optim.Adam(gen.parameters(), lr=1e-3), torch.optim.Adam(trig.parameters(), lr=1e-3)
     teacher.eval()
@@ -185,21 +187,21 @@ def dhbe_iteration_fn(teacher: nn.Module, student: nn.Module, batch: int, nz: in
 
     def iteration():
         for _ in range(student_steps):
-            fake = gen(torch.randn(batch, nz)).detach()
-            pattern = trig(torch.randn(batch, nz)).detach()
+            fake = gen(torch.randn(batch, nz, device=device)).detach()
+            pattern = trig(torch.randn(batch, nz, device=device)).detach()
             t_logit, s_logit = teacher(fake).detach(), student(fake)
             s_p = student(add_patch(fake, pattern))
             loss = F.l1_loss(s_logit, t_logit) + lam * F.l1_loss(s_p, s_logit.detach())
             opt_s.zero_grad()
             loss.backward()
             opt_s.step()
-        fake = gen(torch.randn(batch, nz))
+        fake = gen(torch.randn(batch, nz, device=device))
         loss_g = -F.l1_loss(student(fake), teacher(fake))
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()
-        fake = gen(torch.randn(batch, nz)).detach()
-        loss_p = -F.l1_loss(student(add_patch(fake, trig(torch.randn(batch, nz)))), student(fake).detach())
+        fake = gen(torch.randn(batch, nz, device=device)).detach()
+        loss_p = -F.l1_loss(student(add_patch(fake, trig(torch.randn(batch, nz, device=device)))), student(fake).detach())
         opt_p.zero_grad()
         loss_p.backward()
         opt_p.step()
