@@ -50,6 +50,7 @@ from backdoor_core.checkpoint import TrainCheckpoints, save_variables
 from backdoor_core.data import Split, batch_indices, steps_per_epoch
 from backdoor_core.errors import InputError, check_settings
 from backdoor_core.fit import FitResult, check_split_fits
+from backdoor_core.interrupt import stop_requested
 from backdoor_core.models import build_model, init_variables
 from backdoor_core.models.conv import conv_fn
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate, replicated, shard_batch
@@ -347,7 +348,7 @@ def _run_epochs(step_fn, state: IADState, job: BackdoorJob, config: TrainConfig,
             step += 1
             loss_sum, correct = loss_sum + metrics["loss"] * len(idx), correct + metrics["correct"]
             seen += len(idx)
-            if job.stop_after_steps is not None and step >= job.stop_after_steps:
+            if (job.stop_after_steps is not None and step >= job.stop_after_steps) or (stop_requested() and step % spe):
                 checkpoints.save(step, state)
                 return state, False, None
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % spe:
@@ -361,6 +362,8 @@ def _run_epochs(step_fn, state: IADState, job: BackdoorJob, config: TrainConfig,
         if job.progress:
             tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         checkpoints.save(step, state)
+        if stop_requested():  # Ctrl-C / SIGTERM under the CLI (mid-epoch: above)
+            return state, epoch + 1 == config.epochs, metrics_now
     return state, True, metrics_now
 
 

@@ -19,6 +19,7 @@ from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints, save_variables
 from backdoor_core.data import Split, batch_indices, steps_per_epoch
 from backdoor_core.errors import InputError
+from backdoor_core.interrupt import stop_requested
 from backdoor_core.models import ModelSpec, build_model, init_variables
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate, shard_batch
 from backdoor_core.train import (BatchTransform, EvalFn, TrainConfig, TrainState, create_train_state,
@@ -132,7 +133,8 @@ def _run_epochs(step_fn, state: TrainState, train: Split, config: TrainConfig, m
             seen += len(idx)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}", refresh=False)
-            if stop_after_steps is not None and step >= stop_after_steps:
+            # Ctrl-C / SIGTERM under the CLI stops mid-epoch here, or at the epoch's end below.
+            if (stop_after_steps is not None and step >= stop_after_steps) or (stop_requested() and step % spe):
                 checkpoints.save(step, state)
                 return state, False
             if every and step % every == 0 and step % spe:
@@ -146,4 +148,6 @@ def _run_epochs(step_fn, state: TrainState, train: Split, config: TrainConfig, m
         if progress:
             tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         checkpoints.save(step, state)
+        if stop_requested():
+            return state, epoch + 1 == config.epochs
     return state, True

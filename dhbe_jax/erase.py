@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
+from backdoor_core.interrupt import stop_requested
 from backdoor_core.models import ModelSpec, build_model
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from dhbe_jax.step import DHBEConfig, DHBEState, init_state, make_generator_warmup, make_iteration, make_players
@@ -58,7 +59,9 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
       eval_fn: student variables -> metrics dict, run every `eval_every` iterations and at the end
         (for plots only: never used to pick a model).
       mesh: device mesh (default all devices); run_dir: where checkpoints and history go.
-      stop_after: stop after this many iterations (checkpointed), leaving a resumable run.
+      stop_after: stop after this many iterations (checkpointed), leaving a resumable run; under
+        `backdoor_core.interrupt.stop_on_signals` a Ctrl-C or SIGTERM stops likewise after the
+        iteration in flight.
     Returns:
       EraseResult; `variables` is the final student.
     """
@@ -89,7 +92,8 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
     for i in tqdm(range(start + 1, last + 1), desc="DHBE", initial=start, total=config.iterations,
                   disable=not progress):
         state, metrics = iteration(state, teacher_variables)
-        if i % log_every == 0 or i % eval_every == 0 or i == last:
+        stopping = i < last and stop_requested() is not None  # Ctrl-C / SIGTERM under the CLI
+        if i % log_every == 0 or i % eval_every == 0 or i == last or stopping:
             row = {"step": i, **{k: float(v) for k, v in metrics.items()},
                    "elapsed_s": round(time.perf_counter() - started, 3)}  # this process's loop time, compile included
             if eval_fn is not None and (i % eval_every == 0 or i == config.iterations):
@@ -97,8 +101,10 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
             history.append(row)
             if run_dir:
                 rundir.append_history(run_dir, row)
-        if checkpoints and (i % checkpoint_every == 0 or i == last):
+        if checkpoints and (i % checkpoint_every == 0 or i == last or stopping):
             checkpoints.save(i, state)
+        if stopping:
+            break
     if checkpoints:
         checkpoints.close()
     complete = int(state.iteration) >= config.iterations

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from attacks.registry import get_attack
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
+from backdoor_core.interrupt import stop_requested
 from experiments.common import output_dir, run_cli
 from experiments.table import run_row
 
@@ -142,6 +143,8 @@ class Matrix:
                     "time_incomplete": bool(old.get("time_incomplete"))}
         if self.cfg.get("reuse_only"):
             return {"run": key, "status": "not run", "error": "reuse_only: no finished run here"}
+        if stop_requested():  # Ctrl-C / SIGTERM: the cell in flight stopped at a checkpoint; start no other
+            return {"run": key, "status": "not run", "error": f"{stop_requested()}: the matrix was stopped"}
         earlier, incomplete = self.earlier_attempts(run_dir)
         start = time.perf_counter()
         try:

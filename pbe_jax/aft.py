@@ -22,6 +22,7 @@ from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.data import Split
 from backdoor_core.errors import InputError, check_settings
+from backdoor_core.interrupt import stop_requested
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from backdoor_core.train import EvalFn, create_train_state
 from pbe_jax.finetune import AdversarialSchedule, FinetuneConfig, finetune_epochs, make_trainer
@@ -98,7 +99,8 @@ def aft(model: nn.Module, variables: dict, clean: Split, config: AFTConfig = AFT
     last = config.epochs if stop_after_epochs is None else min(stop_after_epochs, config.epochs)
     state = finetune_epochs(trainer, replicate(mesh, state), clean, epochs=range(done, last),
                             schedule=AdversarialSchedule(epochs=config.adversarial_epochs), batch_size=config.batch_size,
-                            seed=config.seed, mesh=mesh, on_epoch=on_epoch, progress=progress, desc="AFT ")
+                            seed=config.seed, mesh=mesh, on_epoch=on_epoch, progress=progress, desc="AFT ",
+                            stop_check=stop_requested)  # Ctrl-C / SIGTERM under the CLI: after the epoch's checkpoint
     if checkpoints:
         checkpoints.close()
     return jax.device_get(state.variables()), history

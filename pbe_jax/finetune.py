@@ -225,13 +225,15 @@ EpochCallback = Callable[[int, TrainState, dict], None]
 
 def finetune_epochs(trainer: Trainer, state: TrainState, split: Split, *, epochs: range,
                     schedule: AdversarialSchedule, batch_size: int, seed: int, mesh, origin: int = 0,
-                    on_epoch: EpochCallback | None = None, progress: bool = True, desc: str = "") -> TrainState:
+                    on_epoch: EpochCallback | None = None, progress: bool = True, desc: str = "",
+                    stop_check: Callable[[], object] | None = None) -> TrainState:
     """Runs `trainer.step` over the epochs in `epochs` (a range of epoch indices, counted from 0).
 
     Epoch e visits split in the order batch_indices(seed=seed, epoch=e) (last short batch
     dropped); its batch b is adversarial when schedule.is_adversarial(e - origin, b).
     After each epoch on_epoch(e, state, row) gets row = {'epoch', 'step', 'train_loss',
     'train_acc', 'adversarial_batches', 'epoch_time_s'} (the loss is on the trained inputs).
+    When stop_check() is truthy after an epoch (and its on_epoch), the remaining epochs are skipped.
     """
     check_batch_size(batch_size, mesh)
     if steps_per_epoch(len(split), batch_size) == 0:
@@ -251,4 +253,6 @@ def finetune_epochs(trainer: Trainer, state: TrainState, split: Split, *, epochs
                "epoch_time_s": time.perf_counter() - start}
         if on_epoch is not None:
             on_epoch(epoch, state, row)
+        if stop_check is not None and stop_check():
+            break
     return state

@@ -34,6 +34,7 @@ from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.data import Split
 from backdoor_core.errors import InputError, check_settings
+from backdoor_core.interrupt import stop_requested
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from backdoor_core.train import EvalFn, TrainState, create_train_state, predict_logits
 from pbe_jax.finetune import AdversarialSchedule, FinetuneConfig, finetune_epochs, make_trainer
@@ -155,6 +156,8 @@ def pbe(model: nn.Module, variables: dict, train: Split, config: PBEConfig = PBE
                                ground_truth, log, progress)
         if checkpoints:
             checkpoints.save(r + 1, state)
+        if stop_requested():  # Ctrl-C / SIGTERM under the CLI: stop at this round's checkpoint
+            break
     if checkpoints:
         checkpoints.close()
     return jax.device_get(state.variables()), history

@@ -2,6 +2,8 @@
 eager reference, resumption, and 1 vs 4 devices."""
 
 import dataclasses
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,9 @@ import optax
 import pytest
 
 from backdoor_core import rundir
+from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import InputError
+from backdoor_core.interrupt import stop_on_signals
 from backdoor_core.models import ModelSpec, init_variables
 from backdoor_core.sharding import replicate
 from dhbe_jax import DHBEConfig, erase
@@ -221,6 +225,29 @@ def test_resume_equals_uninterrupted(teacher, mesh1, tmp_path):
     part = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", stop_after=4,
                  checkpoint_every=2, log_every=1, progress=False)
     assert not part.complete
+    resumed = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", log_every=1, progress=False)
+    assert resumed.complete
+    tree_close(full.variables, resumed.variables, rtol=0, atol=0)
+    assert [r["step"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_sigterm_stops_after_the_iteration_in_flight_and_resumes_equal(teacher, mesh1, tmp_path):
+    """Under the CLI's handler a SIGTERM (a scheduler's, a time limit's) or Ctrl-C ends the run after
+    the current iteration with a checkpoint, although none was due, and the resumed run matches."""
+    full = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, progress=False)
+    sent = []
+
+    def eval_fn(variables):  # called at the end of iteration 2, after its stop check: iteration 3 is the last
+        if not sent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            sent.append(True)
+        return {}
+
+    with stop_on_signals():
+        part = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", eval_fn=eval_fn,
+                     eval_every=2, checkpoint_every=100, log_every=1, progress=False)
+    assert not part.complete and int(part.state.iteration) == 3
+    assert TrainCheckpoints(tmp_path / "b" / rundir.CHECKPOINTS).latest_step() == 3
     resumed = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", log_every=1, progress=False)
     assert resumed.complete
     tree_close(full.variables, resumed.variables, rtol=0, atol=0)

@@ -134,3 +134,15 @@ def test_cell_seconds_sum_recorded_attempts_and_mark_missing_ones(tiny_matrix, t
     teacher_line = next(line for line in (out / "results.md").read_text().splitlines() if "| none |" in line)
     assert f"| {done[0]['seconds']}+ |" in teacher_line
     assert run_matrix(tiny_matrix)[0]["time_incomplete"]  # reused: the mark stays with the cell
+
+
+def test_a_stop_request_lets_the_cell_in_flight_save_and_starts_no_other(tiny_matrix, tmp_path, monkeypatch):
+    """Ctrl-C / SIGTERM during the teacher cell (which checkpoints and stops, backdoor_core.fit):
+    the defense cells are not started, the tables still get one row per cell."""
+    tiny_matrix.defenses = ("clp",)
+    asked = iter(range(1000))
+    monkeypatch.setattr("experiments.run.stop_requested", lambda: "SIGINT" if next(asked) >= 1 else None)
+    rows = run_matrix(tiny_matrix)
+    assert [r["status"] for r in rows] == ["complete", "not run"]
+    assert "SIGINT" in rows[1]["error"] and not (tmp_path / "matrix" / "defenses").exists()
+    assert len((tmp_path / "matrix" / "results.md").read_text().strip().splitlines()) >= 2

@@ -1,6 +1,7 @@
 """PBE / AFT / detection: selection, PGD inside the step, resume, sharding, detection, bad input."""
 
 import dataclasses
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from attacks.backdoor import train_backdoor
 from attacks.base import AttackConfig
 from attacks.pgd import PGDConfig, model_logits_fn, pgd
 from backdoor_core.augment import to_float
+from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import InputError
 from backdoor_core.models import build_model, spec_for_data
 from backdoor_core.sharding import replicate, shard_batch
@@ -125,6 +127,29 @@ def test_aft_schedule(data, backdoored, mesh1):
                      eval_fn=lambda v: {"marker": 1.0}, progress=False)
     epochs = [r for r in history if r["event"] == "epoch"]
     assert [r["adversarial_batches"] for r in epochs] == [3, 0] and all("marker" in r for r in epochs)
+
+
+def test_stop_request_ends_pbe_and_aft_at_their_checkpoints(data, backdoored, mesh1, tmp_path, monkeypatch):
+    """A Ctrl-C / SIGTERM under the CLI: PBE stops after the round in flight, AFT after the epoch
+    in flight, each with its checkpoint, and AFT resumed equals AFT uninterrupted."""
+    model, variables, _, _ = backdoored
+    train = data[0].subset(np.arange(640))
+    # pbe_jax.pbe and pbe_jax.aft name both modules and the functions the package exports
+    pbe_module, aft_module = importlib.import_module("pbe_jax.pbe"), importlib.import_module("pbe_jax.aft")
+    monkeypatch.setattr(pbe_module, "stop_requested", lambda: "SIGTERM")
+    _, history = pbe(model, variables, train, PBE_TINY, mesh=mesh1, run_dir=tmp_path / "pbe", progress=False)
+    assert [r["rounds_done"] for r in history if r["event"] == "round"] == [1]
+    assert TrainCheckpoints(tmp_path / "pbe" / "checkpoints").latest_step() == 1
+
+    clean, config = data[1].subset(np.arange(96)), AFTConfig(epochs=2, adversarial_epochs=1, **TINY)
+    full, _ = aft(model, variables, clean, config, mesh=mesh1, progress=False)
+    monkeypatch.setattr(aft_module, "stop_requested", lambda: "SIGTERM")
+    _, history = aft(model, variables, clean, config, mesh=mesh1, run_dir=tmp_path / "aft", progress=False)
+    assert [r["epoch"] for r in history if r["event"] == "epoch"] == [1]
+    monkeypatch.setattr(aft_module, "stop_requested", lambda: None)
+    resumed, history = aft(model, variables, clean, config, mesh=mesh1, run_dir=tmp_path / "aft", progress=False)
+    assert [r["epoch"] for r in history if r["event"] == "epoch"] == [1, 2]
+    jax.tree.map(np.testing.assert_array_equal, resumed, full)
 
 
 def test_detection_finds_the_target(data, backdoored, clean_digits_fit, mesh1):

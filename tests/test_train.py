@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from backdoor_core import rundir
+from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import CheckpointError, InputError
 from backdoor_core.fit import fit
 from backdoor_core.models import ModelSpec, build_model, init_variables, spec_for_data
@@ -52,6 +53,26 @@ def test_resume_mid_epoch_equals_uninterrupted_run(mnist_subset, mesh1, tmp_path
     resumed = fit(spec, train, TINY, tmp_path / "part", mesh=mesh1, progress=False)
     assert resumed.complete
     assert tree_equal(full.variables, resumed.variables)
+    assert [r["step"] for r in resumed.history] == [4, 8]
+
+
+@pytest.mark.parametrize("stop_at_call, stopped_step", [(7, 6), (5, 4)])
+def test_stop_request_checkpoints_and_resumes_equal(mnist_subset, mesh1, tmp_path, monkeypatch, stop_at_call,
+                                                    stopped_step):
+    """A Ctrl-C / SIGTERM under the CLI, mid-epoch (after step 6) or at an epoch's end (step 4).
+    fit asks once per step and once per epoch end: calls 1-4 are steps 1-4, call 5 the end of
+    epoch 1, calls 6 and 7 steps 5 and 6."""
+    train = mixed(mnist_subset[0], 128)  # 4 steps per epoch
+    spec = small_spec(train)
+    full = fit(spec, train, TINY, tmp_path / "full", mesh=mesh1, progress=False)
+    calls = iter(range(1, 1000))
+    monkeypatch.setattr("backdoor_core.fit.stop_requested", lambda: "SIGINT" if next(calls) >= stop_at_call else None)
+    part = fit(spec, train, TINY, tmp_path / "part", mesh=mesh1, progress=False)
+    assert not part.complete and rundir.read_record(tmp_path / "part")["status"] == "running"
+    assert TrainCheckpoints(tmp_path / "part" / rundir.CHECKPOINTS).latest_step() == stopped_step
+    monkeypatch.setattr("backdoor_core.fit.stop_requested", lambda: None)
+    resumed = fit(spec, train, TINY, tmp_path / "part", mesh=mesh1, progress=False)
+    assert resumed.complete and tree_equal(full.variables, resumed.variables)
     assert [r["step"] for r in resumed.history] == [4, 8]
 
 
