@@ -1,18 +1,15 @@
 #!/bin/bash
 # GPU benchmarks (issue 7) and the DHBE `paper` iteration time (issue 4), in one device-tool call.
 # How it runs (device tool, H100/H200 image with jax 0.11.2 + torch 2.11 CUDA): from the repo root,
-# with `.whl/` holding the pinned pure-Python wheels (flax 0.12.8, optax 0.2.8, orbax-checkpoint
-# 0.12.8, chex 0.1.92, ml_collections 1.1.0, torchattacks 3.5.1; the image lacks ml_collections
-# and torchattacks). Each benchmark runs alone on the GPU (the timings alternate ours / PyTorch in
+# with `.whl/` holding the pinned pure-Python wheels of gpu_setup.sh (`. experiments/scripts/gpu_setup.sh;
+# gpu_prepare` here; the image lacks ml_collections and torchattacks). Each benchmark runs alone on the GPU (the timings alternate ours / PyTorch in
 # one process); everything it prints lands in $OUT/bench.log. Results: docs/performance.md.
 #   SMOKE=1 bash experiments/scripts/gpu_bench_session.sh   # the same sequence, tiny, on this CPU
 set -u
 OUT=${OUT:-/tmp/out_bench}; mkdir -p "$OUT"; LOG=$OUT/bench.log
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
-if [ -d .whl ] && [ "${SMOKE:-0}" = 0 ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site:$PWD
-fi
+. experiments/scripts/gpu_setup.sh
+if [ -d .whl ] && [ "${SMOKE:-0}" = 0 ]; then gpu_install || exit 3; fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then

@@ -12,10 +12,8 @@
 set -u
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 OUT=${OUT:-/tmp/out3}; mkdir -p $OUT; BUDGET=${BUDGET:-330}; PY=${PY:-python3}; ITERS=${ITERS:-4000}
-if [ -d .whl ] && [ "${SMOKE:-0}" = 0 ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site:$PWD; mkdir -p ../shared/data && cp .gpu/cifar10.tar.gz ../shared/data/
-fi
+. experiments/scripts/gpu_setup.sh
+if [ -d .whl ] && [ "${SMOKE:-0}" = 0 ]; then gpu_install || exit 3; fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 R=$PWD/runs_gpu3; L=$R/logs; rm -rf $R; mkdir -p $L; cp -r .gpu/teachers/badnets $R/
 run() { local name=$1; shift; local s=$(date +%s); "$@" > $L/$name.log 2>&1; echo "$name rc=$? took=$(( $(date +%s)-s ))s end=$(el)s" >> $L/times.txt; }

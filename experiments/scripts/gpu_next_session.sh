@@ -18,16 +18,10 @@
 #   SMOKE=1 bash experiments/scripts/gpu_next_session.sh   # the same graph on the shipped MNIST subset, tiny
 # Results come back as $OUT/runs.tgz (run directories without checkpoints; the IAD teacher with its model).
 set -u
+. experiments/scripts/gpu_setup.sh
 if [ "${1:-}" = prepare ]; then
   set -e
-  grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
-  grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >> .git/info/exclude
-  mkdir -p .whl .gpu/teachers
-  for p in flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8 chex==0.1.92 ml_collections==1.1.0 torchattacks==3.5.1; do
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-      --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl "$p"
-  done
-  cp ../shared/data/cifar10.tar.gz .gpu/
+  gpu_prepare
   for a in badnets blended; do
     d=${TEACHERS:-$HOME/runs/matrix_cifar10_cpu/teachers}/cifar10-preact_resnet18-$a-s0
     mkdir -p .gpu/teachers/$a && cp -r $d/model $d/record.json $d/trigger.json $d/trigger.npz $d/history.jsonl .gpu/teachers/$a/
@@ -47,8 +41,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   DCFG="--config experiments/configs/erase_dhbe.py:smoke"
 else
   BUDGET=${BUDGET:-380}; ITERS=${ITERS:-4000}; EVERY=500; AOV=""
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site:$PWD; mkdir -p ../shared/data && cp .gpu/cifar10.tar.gz ../shared/data/
+  gpu_install || exit 3
   R=$PWD/runs_next; rm -rf $R; mkdir -p $R/logs; cp -r .gpu/teachers/* $R/
   DCFG="--config experiments/configs/erase_dhbe.py:paper"
 fi
