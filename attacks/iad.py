@@ -12,7 +12,8 @@ Steps:
      trigger is a per-image function without running statistics.
   2. `make_mask_step`: m is pre-trained alone (`mask_epochs` epochs, Adam) on
      lambda_norm * mean(relu(m(x) - mask_density)) + lambda_div * diversity(x, x2, m(x), m(x2)),
-     x2 a shuffled copy of the batch; m is then frozen.
+     x2 a shuffled copy of the batch; m is then frozen. Resumable: checkpointed every epoch and
+     on a stop request under `mask_checkpoints/`, removed once the joint state holds m.
   3. `make_iad_step` (one jitted joint step): of each batch of B images, the first
      round(backdoor_ratio B) get their own trigger and the target label, the next
      cross_ratio B get the trigger of another image of the batch and keep their label, the rest
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from typing import Any
 
@@ -217,18 +219,46 @@ def make_mask_step(params: IADParams, base_channels: int, depth: int, tx, mesh):
     return jax.jit(step, donate_argnums=(0, 1), out_shardings=(rep, rep, rep))
 
 
+MASK_CHECKPOINTS = "mask_checkpoints"  # step 2's states, under the run directory, until step 3 starts
+
+
 def pretrain_mask(m_params, train: Split, params: IADParams, config: TrainConfig, base_channels: int,
-                  depth: int, mesh, key: jax.Array, progress: bool):
-    """Step 2's loop: `mask_epochs` epochs over `train`; returns the trained mask params."""
+                  depth: int, mesh, key: jax.Array, progress: bool, checkpoints: TrainCheckpoints | None = None,
+                  stop_after_steps: int | None = None) -> tuple[Any, bool]:
+    """Step 2's loop: `mask_epochs` epochs over `train`, resumable.
+
+    Returns (mask params, finished). With `checkpoints`, the state {'step', 'params', 'opt_state'}
+    is saved after every epoch and, when a stop is requested (Ctrl-C / SIGTERM under the CLI) or
+    `stop_after_steps` steps are done, after the current batch, and the loop then returns
+    unfinished; a later call with the same checkpoints resumes from the latest one and ends with
+    the same params as an uninterrupted run (same batches, same keys).
+    """
     tx = generator_optimizer(params, config, 1, schedule=False)
-    step = make_mask_step(params, base_channels, depth, tx, mesh)
-    m_params = replicate(mesh, m_params)
-    opt_state = replicate(mesh, tx.init(m_params))
-    for epoch in tqdm(range(params.mask_epochs), desc="IAD mask generator", disable=not progress, leave=False):
-        for i, idx in enumerate(batch_indices(len(train), config.batch_size, seed=config.seed, epoch=epoch)):
-            images = shard_batch(mesh, train.images[idx])
-            m_params, opt_state, _ = step(m_params, opt_state, images, jax.random.fold_in(key, epoch * 100003 + i))
-    return jax.device_get(m_params)
+    step_fn = make_mask_step(params, base_channels, depth, tx, mesh)
+    state = {"step": jnp.zeros((), jnp.int32), "params": m_params, "opt_state": tx.init(m_params)}
+    if checkpoints is not None and checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+    step, spe = int(state["step"]), steps_per_epoch(len(train), config.batch_size)
+    # host copies first: the step donates its inputs, and the caller's arrays must survive
+    m_params, opt_state = replicate(mesh, jax.device_get(state["params"])), replicate(mesh, jax.device_get(state["opt_state"]))
+
+    def save(step):
+        if checkpoints is not None:
+            checkpoints.save(step, {"step": jnp.asarray(step, jnp.int32), "params": jax.device_get(m_params),
+                                    "opt_state": jax.device_get(opt_state)})
+
+    for epoch in tqdm(range(step // spe if spe else 0, params.mask_epochs), desc="IAD mask generator",
+                      disable=not progress, leave=False):
+        batches = list(batch_indices(len(train), config.batch_size, seed=config.seed, epoch=epoch))
+        for i in range(step - epoch * spe, len(batches)):
+            images = shard_batch(mesh, train.images[batches[i]])
+            m_params, opt_state, _ = step_fn(m_params, opt_state, images, jax.random.fold_in(key, epoch * 100003 + i))
+            step += 1
+            if (stop_after_steps is not None and step >= stop_after_steps) or stop_requested():
+                save(step)
+                return jax.device_get(m_params), False
+        save(step)
+    return jax.device_get(m_params), True
 
 
 @flax.struct.dataclass
@@ -391,10 +421,18 @@ def train_iad(job: BackdoorJob) -> tuple[FitResult, Trigger]:
         if resuming and checkpoints.latest_step() is not None:
             state = checkpoints.restore(state)
             rundir.truncate_history(run_dir, int(state.step))
-        else:
-            mask_key = jax.random.fold_in(job.key, 7)
-            state = state.replace(mask_generator=pretrain_mask(state.mask_generator, job.train, params, config, *arch,
-                                                               mesh, mask_key, job.progress))
+        else:  # step 2, itself resumable; its checkpoints go once the joint state holds its result
+            mask_checkpoints = TrainCheckpoints(run_dir / MASK_CHECKPOINTS, config.max_to_keep)
+            m_params, pretrained = pretrain_mask(state.mask_generator, job.train, params, config, *arch, mesh,
+                                                 jax.random.fold_in(job.key, 7), job.progress, mask_checkpoints)
+            mask_checkpoints.close()
+            if not pretrained:
+                checkpoints.close()
+                return FitResult(jax.device_get(state.variables()), rundir.read_history(run_dir), False,
+                                 run_dir), state_trigger(state, arch)
+            state = state.replace(mask_generator=m_params)
+            checkpoints.save(0, state)
+            shutil.rmtree(run_dir / MASK_CHECKPOINTS, ignore_errors=True)
         step_fn = make_iad_step(module, tx, tx_g, mesh, params, job.config, job.train.num_classes, arch,
                                 config.batch_size, crop_padding=config.crop_padding, hflip=config.hflip)
         state, complete, last = _run_epochs(step_fn, replicate(mesh, state), job, config, mesh, checkpoints,

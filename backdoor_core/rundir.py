@@ -102,9 +102,10 @@ def config_mismatch(old: dict, new: dict, prefix: str = "", *, subset: bool = Fa
 
 
 def has_saved_state(run_dir: Path) -> bool:
-    """Whether the run saved a training checkpoint or a model (then it is worth keeping)."""
-    ckpt = Path(run_dir) / CHECKPOINTS
-    steps = ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+    """Whether the run saved a checkpoint (in `checkpoints/` or another `*checkpoints/` folder, e.g.
+    IAD's mask pre-training) or a model (then it is worth keeping)."""
+    folders = [p for p in Path(run_dir).iterdir() if p.is_dir() and p.name.endswith(CHECKPOINTS)]
+    steps = any(q.name.isdigit() for p in folders for q in p.iterdir())
     return steps or (Path(run_dir) / MODEL).exists()
 
 

@@ -8,12 +8,15 @@ import pytest
 
 from attacks.backdoor import load_attack, train_backdoor
 from attacks.base import AttackConfig
-from attacks.iad import IAD, IADParams, diversity_loss, generate_mask, generate_pattern
+from attacks.iad import (IAD, MASK_CHECKPOINTS, IADParams, diversity_loss, generate_mask, generate_pattern,
+                         init_generators, pretrain_mask)
 from attacks.low_frequency import LOW_FREQUENCY, LowFrequencyParams, gaussian_blur, normalise, target_loss
 from attacks.label_consistent import LABEL_CONSISTENT, LCParams, four_corner_trigger, harden, label_consistent_poison
 from attacks.triggers import load_trigger, save_trigger
 from attacks.trojannn import TROJANNN, TrojanNNParams, penultimate_features, select_neurons
+from backdoor_core import rundir
 from backdoor_core.augment import to_float
+from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import InputError
 from backdoor_core.train import TrainConfig
 from clean_mnist_model import clean_mnist_model
@@ -180,12 +183,25 @@ def test_iad_trigger_is_sample_specific_deterministic_and_reloads(mnist_subset, 
     assert float(diversity_loss(x[:4], x[4:], jnp.asarray(patterns[:4]), jnp.asarray(patterns[4:]))) > 0
 
 
-def test_iad_joint_training_plants_a_backdoor(mnist_subset, mesh1, tmp_path):
+def _stop_at(call: int):
+    """A stand-in for `stop_requested` that asks for a stop from its `call`-th call on."""
+    calls = iter(range(1, 10**6))
+    return lambda: "SIGINT" if next(calls) >= call else None
+
+
+def test_iad_joint_training_plants_a_backdoor(mnist_subset, mesh1, tmp_path, monkeypatch):
     train, test = mixed(mnist_subset[0], 2000), mixed(mnist_subset[1], 300, seed=1)
     config = AttackConfig(name="iad", target=0, params={**TINY_IAD, "mask_epochs": 1, "backdoor_ratio": 0.3})
     train_config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=0, hflip=False, seed=0)
-    result = train_backdoor(config, "small_cnn", 0.25, train, test, train_config, tmp_path / "iad", mesh=mesh1,
-                            progress=False)
+    run = lambda: train_backdoor(config, "small_cnn", 0.25, train, test, train_config, tmp_path / "iad", mesh=mesh1,
+                                 progress=False)
+    # a stop during the mask generator's pre-training keeps the run (its checkpoint) for the resume
+    monkeypatch.setattr("attacks.iad.stop_requested", _stop_at(2))
+    assert not run().fit.complete and (tmp_path / "iad" / MASK_CHECKPOINTS / "2").is_dir()
+    assert rundir.read_record(tmp_path / "iad")["status"] == "running"
+    monkeypatch.setattr("attacks.iad.stop_requested", lambda: None)
+    result = run()
+    assert not (tmp_path / "iad" / MASK_CHECKPOINTS).exists()  # step 2's result now lives in checkpoints/0
     assert result.fit.complete and result.poisoned_indices is None
     metrics = result.fit.history[-1]
     assert metrics["test_acc"] > 0.8 and metrics["asr"] > 0.6, metrics
@@ -193,3 +209,23 @@ def test_iad_joint_training_plants_a_backdoor(mnist_subset, mesh1, tmp_path):
     assert loaded_config.name == "iad"
     x = jnp.asarray(to_float(test.images[:4]))
     np.testing.assert_array_equal(np.asarray(trigger(x)), np.asarray(result.trigger(x)))
+
+
+@pytest.mark.parametrize("stop_at_call", [3, 4])  # mid-epoch, and at the end of epoch 1 (4 batches)
+def test_iad_mask_pretraining_stops_and_resumes_equal(mnist_subset, mesh1, tmp_path, monkeypatch, stop_at_call):
+    train = mixed(mnist_subset[0], 300)
+    params, config = IADParams(**TINY_IAD, mask_epochs=2), TrainConfig(batch_size=64, seed=0)
+    m0 = init_generators(jax.random.PRNGKey(0), train.image_shape, 8, 2)[1]
+    key = jax.random.PRNGKey(3)
+    whole, finished = pretrain_mask(m0, train, params, config, 8, 2, mesh1, key, False)
+    assert finished
+    ckpts = TrainCheckpoints(tmp_path / "mask")
+    monkeypatch.setattr("attacks.iad.stop_requested", _stop_at(stop_at_call))
+    part, finished = pretrain_mask(m0, train, params, config, 8, 2, mesh1, key, False, ckpts)
+    assert not finished and ckpts.latest_step() == stop_at_call
+    assert not np.array_equal(np.asarray(jax.tree.leaves(part)[0]), np.asarray(jax.tree.leaves(whole)[0]))
+    monkeypatch.setattr("attacks.iad.stop_requested", lambda: None)
+    resumed, finished = pretrain_mask(m0, train, params, config, 8, 2, mesh1, key, False, ckpts)
+    assert finished
+    jax.tree.map(np.testing.assert_array_equal, resumed, whole)
+
