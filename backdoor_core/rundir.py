@@ -104,6 +104,8 @@ def config_mismatch(old: dict, new: dict, prefix: str = "", *, subset: bool = Fa
 def has_saved_state(run_dir: Path) -> bool:
     """Whether the run saved a checkpoint (in `checkpoints/` or another `*checkpoints/` folder, e.g.
     IAD's mask pre-training) or a model (then it is worth keeping)."""
+    if not Path(run_dir).is_dir():
+        return False
     folders = [p for p in Path(run_dir).iterdir() if p.is_dir() and p.name.endswith(CHECKPOINTS)]
     steps = any(q.name.isdigit() for p in folders for q in p.iterdir())
     return steps or (Path(run_dir) / MODEL).exists()

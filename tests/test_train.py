@@ -148,6 +148,18 @@ def test_failed_start_leaves_no_run_directory(mnist_subset, mesh1, mesh4, tmp_pa
     assert not any((tmp_path / n).exists() for n in "abcd")
 
 
+def test_has_saved_state_sees_any_checkpoints_folder_or_a_model(tmp_path):
+    assert not rundir.has_saved_state(tmp_path / "absent")  # the matrix asks before a cell's first run
+    run = tmp_path / "run"
+    (run / rundir.CHECKPOINTS).mkdir(parents=True)
+    assert not rundir.has_saved_state(run)  # an empty checkpoints folder holds nothing to keep
+    (run / "mask_checkpoints" / "2").mkdir(parents=True)  # IAD's pre-training checkpoints
+    assert rundir.has_saved_state(run)
+    other = tmp_path / "other"
+    (other / rundir.MODEL).mkdir(parents=True)
+    assert rundir.has_saved_state(other)
+
+
 def test_checkpoint_of_another_architecture(mnist_subset, mesh1, tmp_path):
     train = mixed(mnist_subset[0], 64)
     fit(small_spec(train, 0.25), train, dataclasses.replace(TINY, epochs=1), tmp_path / "run", mesh=mesh1, progress=False)
