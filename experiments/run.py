@@ -7,7 +7,9 @@ teachers, each erased by every defense, evaluated, tabulated and plotted.
 Layout under `out`: teachers/<dataset>-<model>-<attack>-s<seed>/ (attack runs; a clean model
 <dataset>-<model>-clean-s<seed> where TrojanNN or LC need one), defenses/<teacher>-<defense>/,
 cells.jsonl (one line per cell run: status, seconds, error), results.csv, results.md and
-plots/asr_cacc.png. Every cell is an ordinary run directory, so a cell that already finished
+plots/: asr_cacc.png (C-Acc and ASR before and after each defense), curves.png (every cell's C-Acc
+and ASR along its run) and trigger_gallery.png (test images clean, triggered by each attack, and
+the change; dataset images, so keep it out of public repositories where the data's licence says so). Every cell is an ordinary run directory, so a cell that already finished
 is reused (and a half-finished one resumes) when the matrix runs again - unless it is a
 defense cell that finished with another configuration than the matrix's (its defense config
 changed since): that cell is reported as `stale` and left untouched; a cell that fails is
@@ -36,6 +38,7 @@ from backdoor_core import rundir
 from backdoor_core.errors import InputError
 from backdoor_core.interrupt import stop_requested
 from experiments.common import output_dir, run_cli
+from experiments.plots import plot_curves, plot_trigger_gallery
 from experiments.table import run_row
 
 CELLS = "cells.jsonl"
@@ -253,7 +256,8 @@ class Matrix:
 
 
 def write_results(out: Path, rows: list[dict]) -> None:
-    """results.csv, results.md (with the metric conventions) and plots/asr_cacc.png."""
+    """results.csv, results.md (with the metric conventions) and the plots: asr_cacc.png (before/after
+    bars), curves.png and trigger_gallery.png (`experiments.plots`)."""
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*RESULTS_COLUMNS, "error", "time_incomplete"], extrasaction="ignore")
         writer.writeheader()
@@ -269,6 +273,8 @@ def write_results(out: Path, rows: list[dict]) -> None:
         lines.append("| " + " | ".join(cells) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     plot_results(out / "plots" / "asr_cacc.png", rows)
+    plot_curves(out / "plots" / "curves.png", rows)
+    plot_trigger_gallery(out / "plots" / "trigger_gallery.png", rows, warn=tqdm.write)
 
 
 def plot_results(path: Path, rows: list[dict]) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from backdoor_core.errors import InputError
 from experiments.configs import matrix_quickstart
+from experiments.plots import curve_points, gallery_images, plot_trigger_gallery
 from experiments.run import apply_overrides, run_matrix
 
 
@@ -46,7 +47,7 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     assert len(table) == 3 and [r["defense"] for r in table] == ["none", "clp", "ft"]
     md = (out / "results.md").read_text()
     assert md.count("| digits |") == 3 and "failed: InputError" in md
-    assert (out / "plots" / "asr_cacc.png").is_file()
+    assert all((out / "plots" / f).is_file() for f in ("asr_cacc.png", "curves.png", "trigger_gallery.png"))
     first = read_cells(out)
     assert [c["status"] for c in first] == ["complete", "complete", "failed"]
 
@@ -146,3 +147,31 @@ def test_a_stop_request_lets_the_cell_in_flight_save_and_starts_no_other(tiny_ma
     assert [r["status"] for r in rows] == ["complete", "not run"]
     assert "SIGINT" in rows[1]["error"] and not (tmp_path / "matrix" / "defenses").exists()
     assert len((tmp_path / "matrix" / "results.md").read_text().strip().splitlines()) >= 2
+
+
+def test_curve_points_pick_each_kind_of_history():
+    teacher = [{"epoch": 1, "step": 19, "test_acc": 0.5, "asr": 0.2}, {"epoch": 2, "step": 38, "test_acc": 0.7,
+                                                                       "asr": 0.9}]
+    label, x, cacc, asr = curve_points(teacher)
+    assert label == "epoch" and x.tolist() == [1, 2] and cacc.tolist() == [50, 70] and asr.tolist() == [20, 90]
+    pbe = [{"event": "start", "rounds_done": 0, "step": 0, "test_acc": 0.9, "asr": 1.0},
+           {"event": "round", "rounds_done": 1, "step": 18, "test_acc": 0.8, "asr": 0.5}]
+    assert curve_points(pbe)[0] == "PBE rounds done" and curve_points(pbe)[1].tolist() == [0, 1]
+    dhbe = [{"step": 0, "loss_G": 1.0}, {"step": 10, "D": 0.3}, {"step": 50, "test_acc": 0.8, "asr": 0.1}]
+    label, x, _, asr = curve_points(dhbe)  # only rows with both metrics count
+    assert label == "iteration / step" and x.tolist() == [50] and asr.tolist() == [10]
+    assert curve_points([{"step": 1, "loss": 0.2}]) is None
+
+
+def test_trigger_gallery_changes_only_what_the_trigger_changes(badnets_run, mnist_subset, tmp_path):
+    clean, triggered = gallery_images(badnets_run, mnist_subset[1], 4)
+    assert clean.shape == triggered.shape == (4, 28, 28, 1)
+    changed = np.argwhere((clean != triggered).any(axis=0))  # pixels any image has changed
+    assert changed.size and (changed[:, :2] >= 28 - 4).all()  # BadNets' 3x3 patch, bottom right
+    rows = [{"dataset": "d", "model": "m", "seed": 0, "attack": "badnets", "defense": "none", "status": "complete",
+             "run": str(badnets_run)},
+            {"dataset": "d", "model": "m", "seed": 0, "attack": "blended", "defense": "none", "status": "complete",
+             "run": str(tmp_path / "absent")}]
+    warnings = []
+    assert plot_trigger_gallery(tmp_path / "g.png", rows, warn=warnings.append)
+    assert (tmp_path / "g.png").is_file() and len(warnings) == 1 and "absent left out" in warnings[0]
