@@ -223,15 +223,15 @@ MASK_CHECKPOINTS = "mask_checkpoints"  # step 2's states, under the run director
 
 
 def pretrain_mask(m_params, train: Split, params: IADParams, config: TrainConfig, base_channels: int,
-                  depth: int, mesh, key: jax.Array, progress: bool, checkpoints: TrainCheckpoints | None = None,
-                  stop_after_steps: int | None = None) -> tuple[Any, bool]:
+                  depth: int, mesh, key: jax.Array, progress: bool,
+                  checkpoints: TrainCheckpoints | None = None) -> tuple[Any, bool]:
     """Step 2's loop: `mask_epochs` epochs over `train`, resumable.
 
     Returns (mask params, finished). With `checkpoints`, the state {'step', 'params', 'opt_state'}
-    is saved after every epoch and, when a stop is requested (Ctrl-C / SIGTERM under the CLI) or
-    `stop_after_steps` steps are done, after the current batch, and the loop then returns
-    unfinished; a later call with the same checkpoints resumes from the latest one and ends with
-    the same params as an uninterrupted run (same batches, same keys).
+    is saved after every epoch and, when a stop is requested (Ctrl-C / SIGTERM under the CLI),
+    after the current batch, and the loop then returns unfinished; a later call with the same
+    checkpoints resumes from the latest one and ends with the same params as an uninterrupted
+    run (same batches, same keys).
     """
     tx = generator_optimizer(params, config, 1, schedule=False)
     step_fn = make_mask_step(params, base_channels, depth, tx, mesh)
@@ -254,7 +254,7 @@ def pretrain_mask(m_params, train: Split, params: IADParams, config: TrainConfig
             images = shard_batch(mesh, train.images[batches[i]])
             m_params, opt_state, _ = step_fn(m_params, opt_state, images, jax.random.fold_in(key, epoch * 100003 + i))
             step += 1
-            if (stop_after_steps is not None and step >= stop_after_steps) or stop_requested():
+            if stop_requested():
                 save(step)
                 return jax.device_get(m_params), False
         save(step)
