@@ -47,20 +47,28 @@ def _grid(rows: list[dict]) -> tuple[list[tuple], list[str]]:
     return groups, defenses
 
 
-def plot_curves(path: Path, rows: list[dict]) -> bool:
-    """curves.png (module docstring) from the matrix's result rows; False if no cell has a curve."""
+def cell_curves(rows: list[dict]) -> dict[tuple, tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """{(dataset, model, seed, attack, defense): curve_points} for the finished or stopped cells of
+    the matrix's result rows; a defense curve without a start row (DHBE, CLP) begins at x = 0 with
+    its teacher's final C-Acc and ASR."""
     curves = {}
     for r in rows:
         if r["status"] in ("complete", "stopped") and Path(r["run"]).is_dir():
             points = curve_points(rundir.read_history(Path(r["run"])))
             if points is not None:
                 curves[(r["dataset"], r["model"], r["seed"], r["attack"], r["defense"])] = points
-    if not curves:
-        return False
     for key, (label, x, cacc, asr) in list(curves.items()):
         teacher = curves.get((*key[:4], "none"))
-        if key[4] != "none" and teacher is not None and x[0] > 0:  # no start row (DHBE, CLP): the teacher's end
+        if key[4] != "none" and teacher is not None and x[0] > 0:
             curves[key] = (label, np.r_[0.0, x], np.r_[teacher[2][-1], cacc], np.r_[teacher[3][-1], asr])
+    return curves
+
+
+def plot_curves(path: Path, rows: list[dict]) -> bool:
+    """curves.png (module docstring) from the matrix's result rows; False if no cell has a curve."""
+    curves = cell_curves(rows)
+    if not curves:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")

@@ -10,7 +10,7 @@ import pytest
 
 from backdoor_core.errors import InputError
 from experiments.configs import matrix_quickstart
-from experiments.plots import curve_points, gallery_images, plot_trigger_gallery
+from experiments.plots import cell_curves, curve_points, gallery_images, plot_trigger_gallery
 from experiments.run import apply_overrides, run_matrix
 
 
@@ -175,3 +175,22 @@ def test_trigger_gallery_changes_only_what_the_trigger_changes(badnets_run, mnis
     warnings = []
     assert plot_trigger_gallery(tmp_path / "g.png", rows, warn=warnings.append)
     assert (tmp_path / "g.png").is_file() and len(warnings) == 1 and "absent left out" in warnings[0]
+
+
+def test_defense_curves_start_from_their_teacher(tmp_path):
+    histories = {"t": [{"epoch": 1, "test_acc": 0.6, "asr": 0.5}, {"epoch": 2, "test_acc": 0.8, "asr": 0.9}],
+                 "dhbe": [{"step": 50, "test_acc": 0.7, "asr": 0.1}],
+                 "pbe": [{"rounds_done": 0, "step": 0, "test_acc": 0.8, "asr": 0.9},
+                         {"rounds_done": 1, "step": 9, "test_acc": 0.75, "asr": 0.2}]}
+    rows = []
+    for name, history in histories.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        rows.append({"dataset": "d", "model": "m", "seed": 0, "attack": "badnets",
+                     "defense": "none" if name == "t" else name, "status": "complete", "run": str(tmp_path / name)})
+    rows.append({**rows[1], "defense": "clp", "status": "failed", "run": str(tmp_path / "absent")})
+    curves = cell_curves(rows)
+    assert sorted(k[4] for k in curves) == ["dhbe", "none", "pbe"]  # the failed cell has none
+    _, x, cacc, asr = curves[("d", "m", 0, "badnets", "dhbe")]
+    assert x.tolist() == [0, 50] and cacc.tolist() == [80, 70] and asr.tolist() == [90, 10]
+    assert curves[("d", "m", 0, "badnets", "pbe")][1].tolist() == [0, 1]  # has its own start row
