@@ -31,6 +31,7 @@ depth 2 below 32 px (MNIST), 32 and 3 otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shutil
 import time
@@ -219,6 +220,14 @@ def make_mask_step(params: IADParams, base_channels: int, depth: int, tx, mesh):
     return jax.jit(step, donate_argnums=(0, 1), out_shardings=(rep, rep, rep))
 
 
+@functools.lru_cache(maxsize=4)
+def _mask_program(params: IADParams, base_channels: int, depth: int, mesh):
+    """(Adam at generator_lr, the jitted mask step), one per setting: a resumed pre-training in the
+    same process compiles once."""
+    tx = generator_optimizer(params, None, 1, schedule=False)
+    return tx, make_mask_step(params, base_channels, depth, tx, mesh)
+
+
 MASK_CHECKPOINTS = "mask_checkpoints"  # step 2's states, under the run directory, until step 3 starts
 
 
@@ -233,8 +242,7 @@ def pretrain_mask(m_params, train: Split, params: IADParams, config: TrainConfig
     checkpoints resumes from the latest one and ends with the same params as an uninterrupted
     run (same batches, same keys).
     """
-    tx = generator_optimizer(params, config, 1, schedule=False)
-    step_fn = make_mask_step(params, base_channels, depth, tx, mesh)
+    tx, step_fn = _mask_program(params, base_channels, depth, mesh)
     state = {"step": jnp.zeros((), jnp.int32), "params": m_params, "opt_state": tx.init(m_params)}
     if checkpoints is not None and checkpoints.latest_step() is not None:
         state = checkpoints.restore(state)
