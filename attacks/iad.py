@@ -248,7 +248,8 @@ def pretrain_mask(m_params, train: Split, params: IADParams, config: TrainConfig
         state = checkpoints.restore(state)
     step, spe = int(state["step"]), steps_per_epoch(len(train), config.batch_size)
     # host copies first: the step donates its inputs, and the caller's arrays must survive
-    m_params, opt_state = replicate(mesh, jax.device_get(state["params"])), replicate(mesh, jax.device_get(state["opt_state"]))
+    m_params = replicate(mesh, jax.device_get(state["params"]))
+    opt_state = replicate(mesh, jax.device_get(state["opt_state"]))
 
     def save(step):
         if checkpoints is not None:

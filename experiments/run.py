@@ -9,11 +9,12 @@ Layout under `out`: teachers/<dataset>-<model>-<attack>-s<seed>/ (attack runs; a
 cells.jsonl (one line per cell run: status, seconds, error), results.csv, results.md and
 plots/: asr_cacc.png (C-Acc and ASR before and after each defense), curves.png (every cell's C-Acc
 and ASR along its run) and trigger_gallery.png (test images clean, triggered by each attack, and
-the change; dataset images, so keep it out of public repositories where the data's licence says so). Every cell is an ordinary run directory, so a cell that already finished
-is reused (and a half-finished one resumes) when the matrix runs again - unless it is a
-defense cell that finished with another configuration than the matrix's (its defense config
-changed since): that cell is reported as `stale` and left untouched; a cell that fails is
-reported in cells.jsonl and results.md, and the matrix goes on (its dependants are skipped).
+the change; dataset images, so keep it out of public repositories where the data's licence says
+so). Every cell is an ordinary run directory, so a cell that already finished is reused (and a
+half-finished one resumes) when the matrix runs again - unless it is a defense cell that
+finished with another configuration than the matrix's (its defense config changed since): that
+cell is reported as `stale` and left untouched; a cell that fails is reported in cells.jsonl and
+results.md, and the matrix goes on (its dependants are skipped).
 With `--config.reuse_only=True` nothing is trained: the table is assembled from the cells that
 already exist (e.g. run directories made on another machine, linked into `out`).
 """

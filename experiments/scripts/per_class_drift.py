@@ -31,7 +31,8 @@ def main(teacher_run: str, defense_run: str) -> None:
         _, module, variables = rundir.load_model(run)
         preds[name] = predict(module, variables, test.images)
     k = test.num_classes
-    (t_acc, _), (d_acc, d_share) = per_class(preds["teacher"], test.labels, k), per_class(preds["defended"], test.labels, k)
+    t_acc, _ = per_class(preds["teacher"], test.labels, k)
+    d_acc, d_share = per_class(preds["defended"], test.labels, k)
     print(f"accuracy: teacher {(preds['teacher'] == test.labels).mean():.4f}, "
           f"defended {(preds['defended'] == test.labels).mean():.4f}")
     print("class  images  teacher  defended  change  predicted/true share (defended)")
