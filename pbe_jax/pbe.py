@@ -15,7 +15,8 @@ which images are poisoned) and no clean set. Algorithm (`pbe`), as in the offici
      c. unless it is the last round: score every training image s_i = 1/2 + 1/2 cos(z_i^0,
         z_i^t) and keep the top keep_fractions[r] (20%, 50%, 70%) as the next subset
         (`pbe_jax.selection`);
-     d. checkpoint the training state (a re-run resumes after the last finished round).
+     d. checkpoint the training state (a re-run resumes after the last finished round; a round
+        stopped part-way resumes after its last finished epoch, from `epoch_checkpoints/`).
   4. Return the purified model (the official code never saves it and errors after the last
      round; here the caller saves it).
 The optimiser state (momentum) carries over between rounds, as the model does.
@@ -40,6 +41,8 @@ from backdoor_core.train import EvalFn, TrainState, create_train_state, predict_
 from pbe_jax.finetune import AdversarialSchedule, FinetuneConfig, finetune_epochs, make_trainer
 from pbe_jax.selection import (consistency_scores, poison_stats, random_subset, score_stats,
                                select_clean_subset, subset_size)
+
+EPOCH_CHECKPOINTS = "epoch_checkpoints"  # the state after each epoch, so a stopped round resumes mid-way
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +128,8 @@ def pbe(model: nn.Module, variables: dict, train: Split, config: PBEConfig = PBE
       eval_fn: variables -> metrics dict (e.g. C-Acc, ASR, RA), run at the start and after each
         round, for the log only (never used to select anything).
       mesh: device mesh (default all devices); run_dir: where checkpoints/ and history.jsonl go
-        (a run_dir holding a checkpoint is resumed after its last finished round).
+        (a run_dir holding a checkpoint is resumed after its last finished round, or after the
+        last finished epoch of a round stopped part-way).
       ground_truth: indices of the truly poisoned images, for diagnostics only.
       stop_after_rounds: stop (checkpointed) once this many rounds are done.
     Returns:
@@ -140,42 +144,59 @@ def pbe(model: nn.Module, variables: dict, train: Split, config: PBEConfig = PBE
     z0 = predict_logits(model, variables, train.images, mesh=mesh)
     state = create_train_state(variables, trainer.tx, config.seed)
     checkpoints = TrainCheckpoints(Path(run_dir) / rundir.CHECKPOINTS) if run_dir else None
+    epoch_checkpoints = TrainCheckpoints(Path(run_dir) / EPOCH_CHECKPOINTS, 1) if run_dir else None
     done, state = _resume(checkpoints, state, run_dir)
-    history = rundir.read_history(run_dir) if run_dir else []
-    log = _logger(history, run_dir)
     if done == 0:
         subset = random_subset(len(train), config.initial_fraction, config.seed)
+    else:  # the round's subset comes from the model at the round's start
+        subset = _select(model, jax.device_get(state.variables()), train, z0, config.keep_fractions[done - 1], mesh)
+    epochs_done, state = _resume_mid_round(epoch_checkpoints, state, config, done)
+    if run_dir:  # rows written after the state resumed from are redone (all of them if nothing was saved)
+        rundir.truncate_history(run_dir, int(state.step) if done or epochs_done else -1)
+    history = rundir.read_history(run_dir) if run_dir else []
+    log = _logger(history, run_dir)
+    if done == 0 and not epochs_done:
         log({"event": "start", "rounds_done": 0, "step": 0, "next_subset_size": len(subset),
              **_prefixed(poison_stats(subset, ground_truth), "next_"), **(eval_fn(variables) if eval_fn else {})})
-    else:
-        subset = _select(model, jax.device_get(state.variables()), train, z0, config.keep_fractions[done - 1], mesh)
     state = replicate(mesh, state)
     last = config.rounds if stop_after_rounds is None else min(stop_after_rounds, config.rounds)
     for r in range(done, last):
-        state, subset = _round(r, trainer, state, train, subset, z0, model, config, mesh, eval_fn,
-                               ground_truth, log, progress)
+        earlier = [row for row in history if row.get("event") == "epoch" and row.get("round") == r]
+        state, subset, finished = _round(r, trainer, state, train, subset, z0, model, config, mesh, eval_fn,
+                                         ground_truth, log, progress, earlier, epoch_checkpoints)
+        if not finished:  # Ctrl-C / SIGTERM under the CLI mid-round: the epoch checkpoint resumes it
+            break
         if checkpoints:
             checkpoints.save(r + 1, state)
         if stop_requested():  # Ctrl-C / SIGTERM under the CLI: stop at this round's checkpoint
             break
     if checkpoints:
         checkpoints.close()
+        epoch_checkpoints.close()
     return jax.device_get(state.variables()), history
 
 
 def _round(r: int, trainer, state: TrainState, train: Split, subset: np.ndarray, z0: np.ndarray, model,
-           config: PBEConfig, mesh, eval_fn, ground_truth, log, progress: bool):
-    """Steps 3a-3c for round r: returns (state, next subset)."""
+           config: PBEConfig, mesh, eval_fn, ground_truth, log, progress: bool, earlier: list[dict],
+           epoch_checkpoints: TrainCheckpoints | None):
+    """Steps 3a-3c for round r, from after the epochs whose rows are `earlier` (a resumed round):
+    returns (state, next subset, finished). Each epoch's state is saved to `epoch_checkpoints`;
+    a stop request ends the round unfinished after the epoch in flight."""
     epochs = config.round_epochs(r)
-    rows = []
+    rows = list(earlier)
 
     def on_epoch(epoch, state, row):
         rows.append(row)
         log({"event": "epoch", "round": r, **row})
+        if epoch_checkpoints is not None:
+            epoch_checkpoints.save(epoch + 1, state)
 
-    state = finetune_epochs(trainer, state, train.subset(subset), epochs=epochs, schedule=config.schedule(r),
-                            batch_size=config.batch_size, seed=config.seed, mesh=mesh, origin=epochs.start,
-                            on_epoch=on_epoch, progress=progress, desc=f"PBE round {r} ")
+    state = finetune_epochs(trainer, state, train.subset(subset), epochs=range(epochs.start + len(earlier), epochs.stop),
+                            schedule=config.schedule(r), batch_size=config.batch_size, seed=config.seed, mesh=mesh,
+                            origin=epochs.start, on_epoch=on_epoch, progress=progress, desc=f"PBE round {r} ",
+                            stop_check=stop_requested)
+    if len(rows) < len(epochs):
+        return state, subset, False
     variables = jax.device_get(state.variables())
     row = {"event": "round", "round": r, "rounds_done": r + 1, "step": int(state.step), "subset_size": len(subset),
            **poison_stats(subset, ground_truth), "train_loss": rows[-1]["train_loss"],
@@ -186,7 +207,7 @@ def _round(r: int, trainer, state: TrainState, train: Split, subset: np.ndarray,
         row.update(next_subset_size=len(subset), **_prefixed(poison_stats(subset, ground_truth), "next_"),
                    **score_stats(scores, ground_truth))
     log(row)
-    return state, subset
+    return state, subset, True
 
 
 def _select(model, variables, train: Split, z0, fraction: float, mesh) -> np.ndarray:
@@ -195,17 +216,26 @@ def _select(model, variables, train: Split, z0, fraction: float, mesh) -> np.nda
 
 
 def _resume(checkpoints: TrainCheckpoints | None, state: TrainState, run_dir) -> tuple[int, TrainState]:
-    """(rounds finished, state) from the latest checkpoint, dropping history rows written after it."""
+    """(rounds finished, state) from the latest round checkpoint (0 and `state` if none)."""
     if checkpoints is None:
         return 0, state
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     done = checkpoints.latest_step()
     if done is None:
-        rundir.truncate_history(run_dir, -1)  # rows of an attempt that saved nothing are redone
         return 0, state
-    state = checkpoints.restore(state)
-    rundir.truncate_history(run_dir, int(state.step))
-    return int(done), state
+    return int(done), checkpoints.restore(state)
+
+
+def _resume_mid_round(epoch_checkpoints: TrainCheckpoints | None, state: TrainState, config: PBEConfig,
+                      done: int) -> tuple[int, TrainState]:
+    """(epochs of round `done` already run, state after them) from the latest epoch checkpoint if it
+    lies inside that round (a round stopped part-way), else (0, `state`)."""
+    if epoch_checkpoints is None or done >= config.rounds:
+        return 0, state
+    epochs, latest = config.round_epochs(done), epoch_checkpoints.latest_step()
+    if latest is None or not epochs.start < latest < epochs.stop:
+        return 0, state
+    return latest - epochs.start, epoch_checkpoints.restore(state)
 
 
 def _logger(history: list, run_dir):

@@ -17,6 +17,7 @@ from backdoor_core.errors import InputError
 from backdoor_core.models import build_model, spec_for_data
 from backdoor_core.sharding import replicate, shard_batch
 from backdoor_core.train import TrainConfig, create_train_state
+from pbe_jax.pbe import EPOCH_CHECKPOINTS
 from pbe_jax import (AFTConfig, AugmentConfig, DetectConfig, PBEConfig, aft, consistency_scores, detect, make_trainer,
                      pbe, pbe_augment, rotate, select_clean_subset)
 from backdoor_core.train import sgd_update
@@ -130,8 +131,8 @@ def test_aft_schedule(data, backdoored, mesh1):
 
 
 def test_stop_request_ends_pbe_and_aft_at_their_checkpoints(data, backdoored, mesh1, tmp_path, monkeypatch):
-    """A Ctrl-C / SIGTERM under the CLI: PBE stops after the round in flight, AFT after the epoch
-    in flight, each with its checkpoint, and AFT resumed equals AFT uninterrupted."""
+    """A Ctrl-C / SIGTERM under the CLI: PBE and AFT stop after the epoch in flight, each with its
+    checkpoint, and resumed equal uninterrupted runs (PBE from the middle of a round)."""
     model, variables, _, _ = backdoored
     train = data[0].subset(np.arange(640))
     # pbe_jax.pbe and pbe_jax.aft name both modules and the functions the package exports
@@ -140,6 +141,24 @@ def test_stop_request_ends_pbe_and_aft_at_their_checkpoints(data, backdoored, me
     _, history = pbe(model, variables, train, PBE_TINY, mesh=mesh1, run_dir=tmp_path / "pbe", progress=False)
     assert [r["rounds_done"] for r in history if r["event"] == "round"] == [1]
     assert TrainCheckpoints(tmp_path / "pbe" / "checkpoints").latest_step() == 1
+
+    # Rounds of two epochs: a stop after the first epoch of round 1 (the third epoch) ends the run
+    # mid-round; the re-run resumes after that epoch and ends equal to an uninterrupted run.
+    two = dataclasses.replace(PBE_TINY, epochs_per_round=2)
+    monkeypatch.setattr(pbe_module, "stop_requested", lambda: None)
+    whole, whole_history = pbe(model, variables, train, two, mesh=mesh1, run_dir=tmp_path / "whole", progress=False)
+    calls = iter(range(100))
+    monkeypatch.setattr(pbe_module, "stop_requested", lambda: "SIGTERM" if next(calls) == 3 else None)  # after epochs 1, 2, round 0, epoch 3
+    _, history = pbe(model, variables, train, two, mesh=mesh1, run_dir=tmp_path / "mid", progress=False)
+    assert [(r["event"], r.get("epoch")) for r in history] == [("start", None), ("epoch", 1), ("epoch", 2),
+                                                               ("round", None), ("epoch", 3)]
+    assert TrainCheckpoints(tmp_path / "mid" / "checkpoints").latest_step() == 1
+    assert TrainCheckpoints(tmp_path / "mid" / EPOCH_CHECKPOINTS).latest_step() == 3
+    monkeypatch.setattr(pbe_module, "stop_requested", lambda: None)
+    resumed, history = pbe(model, variables, train, two, mesh=mesh1, run_dir=tmp_path / "mid", progress=False)
+    jax.tree.map(np.testing.assert_array_equal, resumed, whole)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows]
+    assert strip(history) == strip(whole_history)  # round 1's row counts the epoch run before the stop
 
     clean, config = data[1].subset(np.arange(96)), AFTConfig(epochs=2, adversarial_epochs=1, **TINY)
     full, _ = aft(model, variables, clean, config, mesh=mesh1, progress=False)
