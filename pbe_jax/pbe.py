@@ -191,10 +191,10 @@ def _round(r: int, trainer, state: TrainState, train: Split, subset: np.ndarray,
         if epoch_checkpoints is not None:
             epoch_checkpoints.save(epoch + 1, state)
 
-    state = finetune_epochs(trainer, state, train.subset(subset), epochs=range(epochs.start + len(earlier), epochs.stop),
-                            schedule=config.schedule(r), batch_size=config.batch_size, seed=config.seed, mesh=mesh,
-                            origin=epochs.start, on_epoch=on_epoch, progress=progress, desc=f"PBE round {r} ",
-                            stop_check=stop_requested)
+    remaining = range(epochs.start + len(earlier), epochs.stop)
+    state = finetune_epochs(trainer, state, train.subset(subset), epochs=remaining, schedule=config.schedule(r),
+                            batch_size=config.batch_size, seed=config.seed, mesh=mesh, origin=epochs.start,
+                            on_epoch=on_epoch, progress=progress, desc=f"PBE round {r} ", stop_check=stop_requested)
     if len(rows) < len(epochs):
         return state, subset, False
     variables = jax.device_get(state.variables())
