@@ -6,10 +6,11 @@ teachers, each erased by every defense, evaluated, tabulated and plotted.
 
 Layout under `out`: teachers/<dataset>-<model>-<attack>-s<seed>/ (attack runs; a clean model
 <dataset>-<model>-clean-s<seed> where TrojanNN or LC need one), defenses/<teacher>-<defense>/,
-cells.jsonl (one line per cell run: status, seconds, error), results.csv, results.md and
-plots/: asr_cacc.png (C-Acc and ASR before and after each defense), curves.png (every cell's C-Acc
-and ASR along its run) and trigger_gallery.png (test images clean, triggered by each attack, and
-the change; dataset images, so keep it out of public repositories where the data's licence says
+cells.jsonl (one line per cell run: status, seconds, error), results.csv, results.md (with several
+seeds also results_seeds.md/.csv: mean +- std over seeds per attack and defense) and plots/:
+asr_cacc.png (C-Acc and ASR before and after each defense), curves.png (every cell's C-Acc and
+ASR along its run) and trigger_gallery.png (test images clean, triggered by each attack, and the
+change; dataset images, so keep it out of public repositories where the data's licence says
 so). Every cell is an ordinary run directory, so a cell that already finished is reused (and a
 half-finished one resumes) when the matrix runs again - unless it is a defense cell that
 finished with another configuration than the matrix's (its defense config changed since): that
@@ -40,6 +41,7 @@ from backdoor_core.errors import InputError
 from backdoor_core.interrupt import stop_requested
 from experiments.common import output_dir, run_cli
 from experiments.plots import plot_curves, plot_trigger_gallery
+from experiments.summary import write_summary
 from experiments.table import run_row
 
 CELLS = "cells.jsonl"
@@ -71,6 +73,21 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides, where: str = "") 
             apply_overrides(cfg[key], value, f"{where}{key}.")
         else:
             cfg[key] = value
+    return cfg
+
+
+def seed_defense(cfg: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """cfg with every seed of the defense's own randomness set to the matrix seed: DHBE's `seed`
+    (generators, latents), PBE's and AFT/FT's `seed` (start subset, batch order, augmentation,
+    PGD) and AFT/FT's `clean_seed` (which 5% clean split). The detection probe's image sample
+    stays fixed. Every default is 0, so seed 0 leaves a config as it was."""
+    if "seed" in cfg:
+        cfg.seed = seed
+    if "clean_seed" in cfg:
+        cfg.clean_seed = seed
+    for section in ("pbe", "aft"):
+        if section in cfg and "seed" in cfg[section]:
+            cfg[section].seed = seed
     return cfg
 
 
@@ -189,9 +206,10 @@ class Matrix:
         apply_overrides(cfg, self.cfg.attack_overrides.get(attack))
         return cfg
 
-    def defense_config(self, defense: str):
+    def defense_config(self, defense: str, seed: int = 0):
+        """The defense's config (variant, the matrix seed, then the matrix's overrides)."""
         cfg = load_config(f"experiments.configs.erase_{'dhbe' if defense == 'dfad' else defense}", self.cfg.variant)
-        return apply_overrides(cfg, self.cfg.defense_overrides.get(defense))
+        return apply_overrides(seed_defense(cfg, seed), self.cfg.defense_overrides.get(defense))
 
     def run(self) -> list[dict]:
         """Runs (or reuses) every cell; returns the result rows."""
@@ -233,7 +251,7 @@ class Matrix:
                     outcome = {"run": str(defense_dir), "status": "skipped", "error": "teacher not finished"}
                 else:
                     try:
-                        dcfg = self.defense_config(defense)
+                        dcfg = self.defense_config(defense, seed)
                         outcome = self.cell(defense_dir, lambda: erase_run(defense, str(teacher_dir), dcfg,
                                                                            str(defense_dir)),
                                             expected_config={"defense": recorded_config(dcfg)})
@@ -257,8 +275,9 @@ class Matrix:
 
 
 def write_results(out: Path, rows: list[dict]) -> None:
-    """results.csv, results.md (with the metric conventions) and the plots: asr_cacc.png (before/after
-    bars), curves.png and trigger_gallery.png (`experiments.plots`)."""
+    """results.csv, results.md (with the metric conventions), with several seeds results_seeds.md/.csv
+    (mean +- std per attack and defense, `experiments.summary`), and the plots: asr_cacc.png
+    (before/after bars), curves.png and trigger_gallery.png (`experiments.plots`)."""
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*RESULTS_COLUMNS, "error", "time_incomplete"], extrasaction="ignore")
         writer.writeheader()
@@ -273,6 +292,7 @@ def write_results(out: Path, rows: list[dict]) -> None:
             cells[RESULTS_COLUMNS.index("status")] = f"{row['status']}: {row.get('error', '')}"
         lines.append("| " + " | ".join(cells) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_summary(out, rows)
     plot_results(out / "plots" / "asr_cacc.png", rows)
     plot_curves(out / "plots" / "curves.png", rows)
     plot_trigger_gallery(out / "plots" / "trigger_gallery.png", rows, warn=tqdm.write)
@@ -321,6 +341,8 @@ def run_matrix(cfg) -> list[dict]:
     rows = matrix.run()
     write_results(matrix.out, rows)
     print((matrix.out / "results.md").read_text())
+    if (matrix.out / "results_seeds.md").is_file() and len(cfg.seeds) > 1:
+        print((matrix.out / "results_seeds.md").read_text())
     return rows
 
 

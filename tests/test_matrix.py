@@ -48,6 +48,7 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     md = (out / "results.md").read_text()
     assert md.count("| digits |") == 3 and "failed: InputError" in md
     assert all((out / "plots" / f).is_file() for f in ("asr_cacc.png", "curves.png", "trigger_gallery.png"))
+    assert not (out / "results_seeds.md").exists()  # one seed: nothing to summarise over
     first = read_cells(out)
     assert [c["status"] for c in first] == ["complete", "complete", "failed"]
 
@@ -194,3 +195,59 @@ def test_defense_curves_start_from_their_teacher(tmp_path):
     _, x, cacc, asr = curves[("d", "m", 0, "badnets", "dhbe")]
     assert x.tolist() == [0, 50] and cacc.tolist() == [80, 70] and asr.tolist() == [90, 10]
     assert curves[("d", "m", 0, "badnets", "pbe")][1].tolist() == [0, 1]  # has its own start row
+
+
+def test_summary_over_seeds_counts_finished_seeds_only():
+    from experiments.summary import summarize_over_seeds, summary_markdown
+
+    def row(seed, defense, status, acc, asr, der="-", seconds=10.0):
+        return {"dataset": "d", "model": "m x1", "seed": seed, "attack": "badnets", "defense": defense,
+                "status": status, "C-Acc": acc, "ASR": asr, "ASR*": "-", "RA": "-", "DER": der, "seconds": seconds}
+
+    rows = [row(0, "none", "complete", "84.0", "96.0"), row(0, "dhbe", "complete", "80.0", "8.0", "0.900", 30.0),
+            row(1, "none", "complete", "83.0", "98.0"), row(1, "dhbe", "complete", "78.0", "4.0", "0.940", 50.0),
+            row(2, "none", "complete", "85.0", "94.0"), row(2, "dhbe", "failed", "-", "-", seconds=None)]
+    teacher, dhbe = summarize_over_seeds(rows)
+    assert (teacher["defense"], teacher["seeds"], dhbe["seeds"]) == ("none", "3/3", "2/3")
+    assert teacher["C-Acc mean"] == pytest.approx(84.0) and teacher["C-Acc std"] == pytest.approx(1.0)
+    assert dhbe["ASR mean"] == pytest.approx(6.0) and dhbe["ASR std"] == pytest.approx(np.std([8, 4], ddof=1))
+    assert dhbe["DER mean"] == pytest.approx(0.92) and dhbe["seconds mean"] == pytest.approx(40.0)
+    assert teacher["DER mean"] is None and dhbe["RA mean"] is None
+    md = summary_markdown([teacher, dhbe])
+    assert "| d | m x1 | badnets | dhbe | 2/3 | 79.0 +- 1.4 | 6.0 +- 2.8 | - | - | 0.920 +- 0.028 | 40 +- 14 |" in md
+    one = summarize_over_seeds(rows[:2])
+    assert one[1]["C-Acc std"] is None and "| 80.0 | 8.0 |" in summary_markdown(one)
+
+
+def test_matrix_with_two_seeds_writes_the_seed_summary(tiny_matrix, tmp_path):
+    out = tmp_path / "matrix"
+    tiny_matrix.defenses = ("clp",)
+    tiny_matrix.seeds = (0, 1)
+    rows = run_matrix(tiny_matrix)
+    assert [(r["seed"], r["defense"], r["status"]) for r in rows] == [
+        (0, "none", "complete"), (0, "clp", "complete"), (1, "none", "complete"), (1, "clp", "complete")]
+    assert rows[0]["C-Acc"] != rows[2]["C-Acc"] or rows[0]["ASR"] != rows[2]["ASR"]  # two different teachers
+    with (out / "results_seeds.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert [(s["defense"], s["seeds"]) for s in summary] == [("none", "2/2"), ("clp", "2/2")]
+    accs = [float(r["C-Acc"]) for r in rows if r["defense"] == "clp"]
+    assert float(summary[1]["C-Acc mean"]) == pytest.approx(np.mean(accs))
+    assert float(summary[1]["C-Acc std"]) == pytest.approx(np.std(accs, ddof=1))
+    assert "| digits | small_cnn x0.5 | badnets | clp | 2/2 |" in (out / "results_seeds.md").read_text()
+
+
+@pytest.mark.parametrize("defense,seeded", [("dhbe", {"seed"}), ("pbe", {"pbe.seed"}), ("aft", {"aft.seed", "clean_seed"}),
+                                            ("ft", {"aft.seed", "clean_seed"}), ("clp", set())])
+def test_the_matrix_seed_reaches_each_defense_own_seeds(defense, seeded):
+    from experiments.run import load_config, seed_defense
+
+    def flat(tree, prefix=""):
+        out = {}
+        for k, v in tree.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    base = flat(load_config(f"experiments.configs.erase_{defense}", "cpu").to_dict())
+    assert flat(seed_defense(load_config(f"experiments.configs.erase_{defense}", "cpu"), 0).to_dict()) == base
+    three = flat(seed_defense(load_config(f"experiments.configs.erase_{defense}", "cpu"), 3).to_dict())
+    assert {k for k in base if three[k] != base[k]} == seeded and all(three[k] == 3 for k in seeded)

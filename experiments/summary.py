@@ -1,0 +1,104 @@
+"""Mean and spread of a matrix's cells over seeds: one row per (dataset, model, attack, defense).
+
+A defense compared on one seed is compared on one draw of the teacher's training, the poisoned
+subset, the defense's own randomness and, for DHBE, the generator's latents; the CIFAR-10 runs in
+docs/ moved by 1.5 points of C-Acc and 3 of ASR between two seeds of one DHBE cell. When a matrix
+runs several seeds (`--config.seeds="(0,1,2)"`), `experiments.run` writes results_seeds.md/.csv
+from these functions next to the per-cell results.md. Each seed's DER is against its own
+teacher (the seed is part of the teacher's identity), and its mean is the mean of those DERs.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+METRICS = ("C-Acc", "ASR", "ASR*", "RA", "DER")
+GROUP_KEYS = ("dataset", "model", "attack", "defense")
+SUMMARY_COLUMNS = (*GROUP_KEYS, "seeds", *METRICS, "seconds")
+CONVENTIONS = """Mean over the seeds whose cell finished, +- the sample standard deviation (n - 1 in the
+denominator; none with one seed); `seeds`: finished / listed. Metrics as in results.md (percent,
+except DER; each seed's DER against its own teacher). `seconds`: mean wall time per finished cell.
+"""
+
+
+def _number(value) -> float | None:
+    """A table cell ('83.1', 83.1, '-', None) as a float, or None when it holds no number."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, sample standard deviation with n - 1) of values; std None for fewer than 2, both None for 0."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarize_over_seeds(rows: list[dict]) -> list[dict]:
+    """One summary row per (dataset, model, attack, defense) of the matrix's result rows, in the
+    order the groups first appear.
+
+    Args:
+      rows: `experiments.run` result rows (keys dataset, model, seed, attack, defense, status,
+        the metric columns as strings such as '83.1' or '-', and seconds).
+    Returns:
+      rows with the group keys, `seeds` ('finished/listed'), and for each metric and `seconds` a
+      pair `<name> mean` and `<name> std` (floats, or None where no finished seed reports it / fewer
+      than two do).
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in GROUP_KEYS), []).append(row)
+    summary = []
+    for key, members in groups.items():
+        done = [r for r in members if r["status"] == "complete"]
+        out = dict(zip(GROUP_KEYS, key))
+        out["seeds"] = f"{len({r['seed'] for r in done})}/{len({r['seed'] for r in members})}"
+        for name in (*METRICS, "seconds"):
+            values = [v for v in (_number(r.get(name)) for r in done) if v is not None]
+            out[f"{name} mean"], out[f"{name} std"] = mean_std(values)
+        summary.append(out)
+    return summary
+
+
+def format_cell(mean: float | None, std: float | None, digits: int) -> str:
+    """'83.1 +- 0.4', '83.1' (one seed) or '-' (none)."""
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+
+def summary_markdown(summary: list[dict]) -> str:
+    """The summary rows as a Markdown table with its conventions above it."""
+    lines = ["# Results over seeds", "", CONVENTIONS, "| " + " | ".join(SUMMARY_COLUMNS) + " |",
+             "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for row in summary:
+        cells = [str(row[k]) for k in (*GROUP_KEYS, "seeds")]
+        cells += [format_cell(row[f"{m} mean"], row[f"{m} std"], 3 if m == "DER" else 1) for m in METRICS]
+        cells.append(format_cell(row["seconds mean"], row["seconds std"], 0))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(out: Path, rows: list[dict]) -> bool:
+    """Writes out/results_seeds.md and .csv when the rows hold more than one seed; True if it wrote."""
+    if len({r["seed"] for r in rows}) < 2:
+        return False
+    summary = summarize_over_seeds(rows)
+    (Path(out) / "results_seeds.md").write_text(summary_markdown(summary))
+    fields = [*GROUP_KEYS, "seeds"] + [f"{m} {s}" for m in (*METRICS, "seconds") for s in ("mean", "std")]
+    with (Path(out) / "results_seeds.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in summary)
+    return True
