@@ -5,14 +5,19 @@ Adversarial Attacks", CVPR 2023 (arXiv 2202.06312). PBE's steps 1-2 (and AFT) fi
 backdoored model on its own untargeted PGD adversarial examples, labelled with the images'
 assigned labels, which breaks the trigger -> target shortcut without knowing the trigger.
 
-One training step (`make_trainer(...).step`, jitted once, state donated, batch sharded):
+One training step (`make_trainer(...).step`, jitted, state donated, batch sharded):
   1. Split the state's key into the next key, an augmentation key and a PGD key.
   2. Augment the uint8 batch on device (`pbe_augment`): random crop (zero pad 5) with p 0.8,
      rotation by a uniform angle in +-10 degrees (bilinear, zero fill) with p 0.5, and a
      horizontal flip with p 1/2 for datasets whose classes survive it (CIFAR).
-  3. If the step is adversarial (a traced flag, so both kinds share one program), replace the
-     batch by untargeted L-inf PGD examples (`attacks.pgd.pgd`) of the current model in inference mode, against the batch's labels
-     (official: eps 6/255, alpha 1.2/255, 7 steps, no random start; clipped to [0, 1]).
+  3. If the step is adversarial, replace the batch by untargeted L-inf PGD examples
+     (`attacks.pgd.pgd`) of the current model in inference mode, against the batch's labels
+     (official: eps 6/255, alpha 1.2/255, 7 steps, no random start; clipped to [0, 1]). The flag
+     is static: adversarial and plain steps are two compiled programs. (One program with a
+     `lax.cond` compiled once but ran 4x slower on XLA:CPU, whose convolutions inside a
+     conditional's branch, like those of a rolled loop body, run far slower: an adversarial step
+     at batch 128 took 13.9 s against 3.5 s for PreAct-ResNet-18 x1/4, 3.8 s against 0.94 s
+     for the MNIST small CNN; `experiments/scripts/probe_cond_step.py`.)
   4. One SGD step on the cross-entropy of the train-mode model (batch statistics updated):
      PyTorch-style SGD, constant learning rate 1e-3, momentum 0.9, weight decay 5e-4.
 `finetune_epochs` runs epochs of such steps; an `AdversarialSchedule` says which are adversarial.
@@ -29,7 +34,6 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from tqdm import tqdm
 
@@ -177,20 +181,20 @@ def training_inputs(model: nn.Module, config: FinetuneConfig, variables: dict, k
                     images: jax.Array, labels: jax.Array, adversarial: jax.Array) -> jax.Array:
     """Steps 2-3: the float batch [B,H,W,C] one SGD step trains on (augmented, PGD if adversarial).
 
-    key: the step's input key (split into augmentation and PGD keys); adversarial: bool scalar.
+    key: the step's input key (split into augmentation and PGD keys); adversarial: a Python bool
+    (static: it selects the program, module docstring, step 3).
     PGD attacks `model` in inference mode with `variables` (the current model).
     """
     aug_key, pgd_key = jax.random.split(key)
     x = pbe_augment(aug_key, to_float(images), config.augment)
-    attack = lambda x: pgd(model_logits_fn(model, variables), x, labels, pgd_key, config.pgd)  # noqa: E731
-    return jax.lax.cond(adversarial, attack, lambda x: x, x)
+    return pgd(model_logits_fn(model, variables), x, labels, pgd_key, config.pgd) if adversarial else x
 
 
 class Trainer(NamedTuple):
     """A compiled adversarial fine-tuning step for one (model, config, mesh).
 
-    step(state, images uint8 [B,H,W,C], labels [B], adversarial bool) -> (state, metrics):
-      the jitted steps 1-4, state donated. inputs(state, images, labels, adversarial) -> the
+    step(state, images uint8 [B,H,W,C], labels [B], adversarial: bool) -> (state, metrics):
+      the jitted steps 1-4, state donated; one compiled program per value of `adversarial`. inputs(state, images, labels, adversarial) -> the
       float batch that step trains on (jitted steps 1-3; for tests and figures).
     """
 
@@ -217,7 +221,8 @@ def make_trainer(model: nn.Module, config: FinetuneConfig, mesh) -> Trainer:
         return sgd_update(model, tx, state.replace(key=next_key), x, labels)
 
     rep = replicated(mesh)
-    return Trainer(tx, jax.jit(step, donate_argnums=0, out_shardings=(rep, rep)), jax.jit(inputs))
+    return Trainer(tx, jax.jit(step, static_argnums=3, donate_argnums=0, out_shardings=(rep, rep)),
+                   jax.jit(inputs, static_argnums=3))
 
 
 EpochCallback = Callable[[int, TrainState, dict], None]
@@ -245,7 +250,7 @@ def finetune_epochs(trainer: Trainer, state: TrainState, split: Split, *, epochs
         for b, idx in enumerate(tqdm(order, desc=f"{desc}epoch {epoch + 1}", disable=not progress, leave=False)):
             adversarial = schedule.is_adversarial(epoch - origin, b)
             images, labels = shard_batch(mesh, split.images[idx], split.labels[idx])
-            state, metrics = trainer.step(state, images, labels, np.bool_(adversarial))
+            state, metrics = trainer.step(state, images, labels, bool(adversarial))
             loss_sum, correct = loss_sum + metrics["loss"] * len(idx), correct + metrics["correct"]
             seen, adversarial_batches = seen + len(idx), adversarial_batches + int(adversarial)
         row = {"epoch": epoch + 1, "step": int(state.step), "train_loss": float(loss_sum) / seen,

@@ -84,17 +84,20 @@ def test_pgd_inside_the_step_matches_standalone(data, backdoored, mesh1):
     aug_key, pgd_key = jax.random.split(key)
     augmented = pbe_augment(aug_key, to_float(images), config.augment)
     expected = jax.jit(lambda v, x, y: pgd(model_logits_fn(model, v), x, y, pgd_key, config.pgd))(variables, augmented, labels)
-    got = trainer.inputs(state, images, labels, np.bool_(True))
+    got = trainer.inputs(state, images, labels, True)
     np.testing.assert_allclose(got, expected, atol=1e-5)  # separately compiled: rounding only
-    np.testing.assert_allclose(trainer.inputs(state, images, labels, np.bool_(False)), augmented, atol=1e-5)
+    np.testing.assert_allclose(trainer.inputs(state, images, labels, False), augmented, atol=1e-5)
     assert float(jnp.abs(got - augmented).max()) > 0.05  # the attack moved the batch
 
     copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731 (the step donates its state)
-    stepped, _ = trainer.step(copy(state), images, labels, np.bool_(True))
+    stepped, _ = trainer.step(copy(state), images, labels, True)
     reference, _ = jit_once(lambda s, x, y: sgd_update(model, trainer.tx, s, x, y))(copy(state).replace(key=next_key), expected, labels)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), stepped.params, reference.params)
-    trainer.step(copy(state), images, labels, np.bool_(False))
-    assert trainer.step._cache_size() == 1  # adversarial and plain steps share one program
+    plain, _ = trainer.step(copy(state), images, labels, False)
+    reference, _ = jit_once(lambda s, x, y: sgd_update(model, trainer.tx, s, x, y))(copy(state).replace(key=next_key), augmented, labels)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), plain.params, reference.params)
+    trainer.step(copy(state), images, labels, True)
+    assert trainer.step._cache_size() == 2  # one program per kind of step, no retracing
 
 
 def test_pbe_resumes_equal_and_shards(data, backdoored, mesh1, mesh4, tmp_path):

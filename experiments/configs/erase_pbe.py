@@ -13,9 +13,10 @@ Variants (the part after ':'):
          10 adversarial epochs, where the backdoor is erased) and everything else are the paper's.
          Rounds 1-3 are plain fine-tuning on 10k / 25k / 35k images (plus 31 adversarial
          batches each) and make ~78% of the paper's cost: 5,460 batches at ~0.74 s, against
-         190 adversarial batches at ~3.1 s in round 0 (step times measured on this CPU beside a
-         training job; 4 scoring passes over 50k images and 5 evaluations add ~6 min). Estimate:
-         ~46 min.
+         190 adversarial batches at ~3.5 s in round 0 (step times measured on this CPU beside
+         other jobs; until 2026-11-28 an adversarial step took ~14 s, its PGD inside a `lax.cond`,
+         pbe_jax/finetune.py; 4 scoring passes over 50k images and 5 evaluations add ~6 min).
+         Estimate: ~80 min with other jobs on the cores.
   smoke  a tiny run for tests and the quickstart (MNIST subset): 2 rounds of 1 epoch, batch 32.
 
 Detection (pbe_jax.detect) of the teacher and the purified model on `detect.num_images`
