@@ -8,7 +8,7 @@ Steps:
      model sows) with the largest summed absolute weight into the output layer
      (params['classifier']['kernel'], [F, K]).
   3. `optimize_pattern`: starting from a seeded uniform-noise patch, `steps` Adam steps (one
-     jitted `lax.fori_loop`) minimise mean((a_j(x') - target_value)^2) over the chosen neurons j,
+     jitted step, called in a host loop) minimise mean((a_j(x') - target_value)^2) over the chosen neurons j,
      where x' = (1 - mask) x + mask * pattern pastes the patch on a batch of training images;
      the pattern is clipped to [0, 1] after every step.
   4. The trigger pastes (replaces) the patch like BadNets; poisoning is dirty-label
@@ -100,24 +100,24 @@ def optimize_pattern(module: nn.Module, variables: dict, mask: jax.Array, patter
                      images: jax.Array, neurons: jax.Array, params: TrojanNNParams) -> jax.Array:
     """Step 3: the optimised pattern [H,W,C] in [0, 1] (zero outside the mask).
 
-    Runs `params.steps` Adam steps in one jitted `lax.fori_loop`.
+    Runs `params.steps` Adam steps as a host loop over one jitted step (not a `lax.fori_loop`:
+    XLA:CPU runs the convolutions of a rolled loop body several times slower,
+    `attacks/low_frequency.py`).
     """
     tx = optax.adam(params.learning_rate)
-    features_fn = lambda x: penultimate_features(module, variables, x)
+    features_fn = lambda x: penultimate_features(module, variables, x)  # noqa: E731
     grad_fn = jax.grad(neuron_loss)
 
     @jax.jit
-    def run(pattern, images):
-        def body(_, carry):
-            pattern, opt_state = carry
-            g = grad_fn(pattern, mask, images, features_fn, neurons, params.target_value)
-            updates, opt_state = tx.update(g, opt_state, pattern)
-            return jnp.clip(optax.apply_updates(pattern, updates), 0.0, 1.0), opt_state
+    def step(pattern, opt_state, images):
+        g = grad_fn(pattern, mask, images, features_fn, neurons, params.target_value)
+        updates, opt_state = tx.update(g, opt_state, pattern)
+        return jnp.clip(optax.apply_updates(pattern, updates), 0.0, 1.0), opt_state
 
-        pattern, _ = jax.lax.fori_loop(0, int(params.steps), body, (pattern, tx.init(pattern)))
-        return pattern * mask
-
-    return run(pattern, images)
+    opt_state = tx.init(pattern)
+    for _ in range(int(params.steps)):
+        pattern, opt_state = step(pattern, opt_state, images)
+    return pattern * mask
 
 
 def trojannn_trigger(model: TrainedModel, train: Split, params: TrojanNNParams, key: jax.Array) -> Trigger:

@@ -207,8 +207,10 @@ class Matrix:
         return cfg
 
     def defense_config(self, defense: str, seed: int = 0):
-        """The defense's config (variant, the matrix seed, then the matrix's overrides)."""
-        cfg = load_config(f"experiments.configs.erase_{'dhbe' if defense == 'dfad' else defense}", self.cfg.variant)
+        """The defense's config (its variant: `defense_variants[defense]` if the matrix names one,
+        else `variant`; then the matrix seed, then the matrix's overrides)."""
+        variant = (self.cfg.get("defense_variants") or {}).get(defense, self.cfg.variant)
+        cfg = load_config(f"experiments.configs.erase_{'dhbe' if defense == 'dfad' else defense}", variant)
         return apply_overrides(seed_defense(cfg, seed), self.cfg.defense_overrides.get(defense))
 
     def run(self) -> list[dict]:
