@@ -25,6 +25,7 @@ def tiny_matrix(tmp_path, mnist_subset):
     c.datasets = ml_collections.ConfigDict({"digits": dict(
         source=str(tmp_path / "digits.npz"), attack_config="experiments.configs.attack_base",
         overrides=dict(num_devices=1, train=dict(epochs=1, batch_size=64, learning_rate=0.05)))})
+    c.attacks = ("badnets",)
     c.defenses = ("clp", "ft")
     # FT with a batch larger than its 5% clean set (60 images) fails with an InputError.
     c.defense_overrides = ml_collections.ConfigDict({"ft": dict(num_devices=1, aft=dict(batch_size=512)),
@@ -251,3 +252,16 @@ def test_the_matrix_seed_reaches_each_defense_own_seeds(defense, seeded):
     assert flat(seed_defense(load_config(f"experiments.configs.erase_{defense}", "cpu"), 0).to_dict()) == base
     three = flat(seed_defense(load_config(f"experiments.configs.erase_{defense}", "cpu"), 3).to_dict())
     assert {k for k in base if three[k] != base[k]} == seeded and all(three[k] == 3 for k in seeded)
+
+
+def test_defense_variants_pick_a_variant_per_defense():
+    from experiments.run import Matrix
+
+    matrix = Matrix.__new__(Matrix)  # only the config builders
+    matrix.cfg = matrix_quickstart.get_config()
+    pbe, dhbe = matrix.defense_config("pbe"), matrix.defense_config("dhbe")
+    assert (pbe.variant, dhbe.variant) == ("cpu", "smoke")
+    assert pbe.pbe.first_round_epochs == 10 and tuple(pbe.pbe.keep_fractions) == (0.2,)  # cpu, then the override
+    assert pbe.pgd.eps == pytest.approx(32 / 255) and dhbe.dhbe.iterations == 100
+    del matrix.cfg["defense_variants"]  # configs without the field: every defense takes `variant`
+    assert matrix.defense_config("pbe").variant == "smoke"
