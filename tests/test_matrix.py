@@ -261,7 +261,7 @@ def test_defense_variants_pick_a_variant_per_defense():
     matrix.cfg = matrix_quickstart.get_config()
     pbe, dhbe = matrix.defense_config("pbe"), matrix.defense_config("dhbe")
     assert (pbe.variant, dhbe.variant) == ("cpu", "smoke")
-    assert pbe.pbe.first_round_epochs == 10 and tuple(pbe.pbe.keep_fractions) == (0.2,)  # cpu, then the override
-    assert pbe.pgd.eps == pytest.approx(32 / 255) and dhbe.dhbe.iterations == 100
+    assert pbe.pbe.first_round_epochs == 10 and pbe.pbe.epochs_per_round == 4  # the cpu variant's
+    assert pbe.pgd.eps == pytest.approx(32 / 255) and dhbe.dhbe.iterations == 100  # the matrix's overrides
     del matrix.cfg["defense_variants"]  # configs without the field: every defense takes `variant`
     assert matrix.defense_config("pbe").variant == "smoke"
