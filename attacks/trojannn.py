@@ -8,9 +8,9 @@ Steps:
      model sows) with the largest summed absolute weight into the output layer
      (params['classifier']['kernel'], [F, K]).
   3. `optimize_pattern`: starting from a seeded uniform-noise patch, `steps` Adam steps (one
-     jitted step, called in a host loop) minimise mean((a_j(x') - target_value)^2) over the chosen neurons j,
-     where x' = (1 - mask) x + mask * pattern pastes the patch on a batch of training images;
-     the pattern is clipped to [0, 1] after every step.
+     jitted step, called in a host loop) minimise mean((a_j(x') - target_value)^2) over the
+     chosen neurons j, where x' = (1 - mask) x + mask * pattern pastes the patch on a batch of
+     training images; the pattern is clipped to [0, 1] after every step.
   4. The trigger pastes (replaces) the patch like BadNets; poisoning is dirty-label
      (`attacks.poison.poison_split`).
 Defaults: TrojanZoo's (2 neurons, target activation 100, learning rate 0.1); 500 steps.

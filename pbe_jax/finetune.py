@@ -178,7 +178,7 @@ def pbe_augment(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax
 
 
 def training_inputs(model: nn.Module, config: FinetuneConfig, variables: dict, key: jax.Array,
-                    images: jax.Array, labels: jax.Array, adversarial: jax.Array) -> jax.Array:
+                    images: jax.Array, labels: jax.Array, adversarial: bool) -> jax.Array:
     """Steps 2-3: the float batch [B,H,W,C] one SGD step trains on (augmented, PGD if adversarial).
 
     key: the step's input key (split into augmentation and PGD keys); adversarial: a Python bool
@@ -194,8 +194,9 @@ class Trainer(NamedTuple):
     """A compiled adversarial fine-tuning step for one (model, config, mesh).
 
     step(state, images uint8 [B,H,W,C], labels [B], adversarial: bool) -> (state, metrics):
-      the jitted steps 1-4, state donated; one compiled program per value of `adversarial`. inputs(state, images, labels, adversarial) -> the
-      float batch that step trains on (jitted steps 1-3; for tests and figures).
+      the jitted steps 1-4, state donated; one compiled program per value of `adversarial`.
+    inputs(state, images, labels, adversarial) -> the float batch that step trains on (jitted
+      steps 1-3; for tests and figures).
     """
 
     tx: optax.GradientTransformation

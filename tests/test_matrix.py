@@ -237,8 +237,9 @@ def test_matrix_with_two_seeds_writes_the_seed_summary(tiny_matrix, tmp_path):
     assert "| digits | small_cnn x0.5 | badnets | clp | 2/2 |" in (out / "results_seeds.md").read_text()
 
 
-@pytest.mark.parametrize("defense,seeded", [("dhbe", {"seed"}), ("pbe", {"pbe.seed"}), ("aft", {"aft.seed", "clean_seed"}),
-                                            ("ft", {"aft.seed", "clean_seed"}), ("clp", set())])
+@pytest.mark.parametrize("defense,seeded", [("dhbe", {"seed"}), ("pbe", {"pbe.seed"}),
+                                            ("aft", {"aft.seed", "clean_seed"}), ("ft", {"aft.seed", "clean_seed"}),
+                                            ("clp", set())])
 def test_the_matrix_seed_reaches_each_defense_own_seeds(defense, seeded):
     from experiments.run import load_config, seed_defense
 

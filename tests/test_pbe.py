@@ -90,11 +90,12 @@ def test_pgd_inside_the_step_matches_standalone(data, backdoored, mesh1):
     assert float(jnp.abs(got - augmented).max()) > 0.05  # the attack moved the batch
 
     copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731 (the step donates its state)
+    update = jit_once(lambda s, x, y: sgd_update(model, trainer.tx, s, x, y))
     stepped, _ = trainer.step(copy(state), images, labels, True)
-    reference, _ = jit_once(lambda s, x, y: sgd_update(model, trainer.tx, s, x, y))(copy(state).replace(key=next_key), expected, labels)
+    reference, _ = update(copy(state).replace(key=next_key), expected, labels)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), stepped.params, reference.params)
     plain, _ = trainer.step(copy(state), images, labels, False)
-    reference, _ = jit_once(lambda s, x, y: sgd_update(model, trainer.tx, s, x, y))(copy(state).replace(key=next_key), augmented, labels)
+    reference, _ = update(copy(state).replace(key=next_key), augmented, labels)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), plain.params, reference.params)
     trainer.step(copy(state), images, labels, True)
     assert trainer.step._cache_size() == 2  # one program per kind of step, no retracing
