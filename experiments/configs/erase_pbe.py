@@ -7,17 +7,18 @@ Variants (the part after ':'):
   paper  the official code's settings: random 5% start subset, 4 rounds of 10 epochs (SGD lr 1e-3
          constant, momentum 0.9, wd 5e-4, batch 128), round 0 all adversarial, rounds 1-3 the first
          31 minibatches; keep the top 20% / 50% / 70%; PGD eps 6/255, alpha 1.2/255, 7 steps;
-         crop pad 5 (p 0.8), rotation +-10 deg (p 0.5), flip on CIFAR. About 85 min on this
-         2-core CPU for PreAct-ResNet-18 width 1/4 on CIFAR-10 (estimate below); for GPUs.
-  cpu    fits about an hour on this CPU: rounds 1-3 run 4 epochs instead of 10; round 0 (all
-         10 adversarial epochs, where the backdoor is erased) and everything else are the paper's.
-         Rounds 1-3 are plain fine-tuning on 10k / 25k / 35k images (plus 31 adversarial
-         batches each) and make ~78% of the paper's cost: 5,460 batches at ~0.74 s, against
-         190 adversarial batches at ~3.5 s in round 0 (step times measured on this CPU beside
-         other jobs; until 2026-11-28 an adversarial step took ~14 s, its PGD inside a `lax.cond`,
-         pbe_jax/finetune.py; 4 scoring passes over 50k images and 5 evaluations add ~6 min).
-         Estimate: ~80 min with other jobs on the cores.
-  smoke  a tiny run for tests and the quickstart (MNIST subset): 2 rounds of 1 epoch, batch 32.
+         crop pad 5 (p 0.8), rotation +-10 deg (p 0.5), flip on CIFAR. About 1.5 hours on this
+         2-core CPU for PreAct-ResNet-18 width 1/4 on CIFAR-10 (rounds 1-3: 5,460 batches, 93
+         adversarial, ~72 min at the step times below); for GPUs.
+  cpu    a budget for this CPU: rounds 1-3 run 4 epochs instead of 10; round 0 (all 10
+         adversarial epochs, where the backdoor is erased) and everything else are the paper's.
+         Estimate for PreAct-ResNet-18 width 1/4 on CIFAR-10, from step times measured on this
+         CPU beside other jobs (adversarial ~3.5 s, plain ~0.74 s at batch 128): round 0, 190
+         adversarial batches, ~11 min; rounds 1-3, 2,184 batches on 10k / 25k / 35k images (93 of
+         them adversarial), ~31 min; 4 scoring passes over 50k images and 5 evaluations, ~6 min:
+         ~50 min alone, longer with other jobs on the cores. (Until 2026-11-28 an adversarial
+         step took ~14 s, its PGD inside a `lax.cond`: pbe_jax/finetune.py.)
+  smoke  a tiny run for tests: 2 rounds of 1 epoch, batch 32.
 
 Detection (pbe_jax.detect) of the teacher and the purified model on `detect.num_images`
 unlabelled test images is recorded in record.json['detection'].
