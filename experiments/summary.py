@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from pathlib import Path
 
 METRICS = ("C-Acc", "ASR", "ASR*", "RA", "DER")
@@ -38,10 +39,7 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     """(mean, sample standard deviation with n - 1) of values; std None for fewer than 2, both None for 0."""
     if not values:
         return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def summarize_over_seeds(rows: list[dict]) -> list[dict]:
