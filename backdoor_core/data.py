@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 import tarfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -172,23 +174,41 @@ def _load_cached_folder(path: Path, split: str) -> Split:
     images, labels, names = _read_image_folder(_find_split_dir(root, split))
     images, labels = validate_split(images, labels, len(names), what=f"{path} ({split})")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npz")
+    # A name of this process's own: several processes (a matrix's cells started side by side)
+    # may decode the same split at once, and a shared temporary file would interleave them.
+    tmp = cached.with_name(f"{cached.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz")
     np.savez(tmp, images=images, labels=labels, class_names=np.array(names))
     os.replace(tmp, cached)
     return Split(images, labels, names, name)
 
 
 def _extract_archive(path: Path) -> Path:
-    """Extracts a .tar.gz once into the cache and returns the extraction root."""
+    """Extracts a .tar.gz once into the cache and returns the extraction root.
+
+    The archive is extracted into a folder of this process's own and renamed into place, so
+    that processes started side by side on an empty cache never read each other's half-written
+    files (seen on a GPU machine: three erase runs, two failed decoding a truncated JPEG).
+    """
     target = cache_dir() / "extracted" / f"{dataset_name(str(path))}-{_source_key(path)}"
-    done = target / ".complete"
-    if not done.exists():
-        try:
-            with tarfile.open(path) as tar:
-                tar.extractall(target, filter="data")
-        except (tarfile.TarError, OSError) as e:
-            raise InputError(f"dataset archive {path} could not be extracted ({e}); expected a .tar.gz of an image folder") from None
-        done.touch()
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with tarfile.open(path) as tar:
+            tar.extractall(tmp, filter="data")
+        (tmp / ".complete").touch()
+    except (tarfile.TarError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"dataset archive {path} could not be extracted ({e}); expected a .tar.gz of an image folder") from None
+    if target.exists() and not (target / ".complete").exists():
+        shutil.rmtree(target, ignore_errors=True)  # left by an older version interrupted mid-extraction
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another process put its complete copy in place first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / ".complete").exists():
+            raise InputError(f"dataset archive {path} could not be extracted into {target}") from None
     return target
 
 

@@ -144,3 +144,48 @@ def test_batch_indices_seeded_permutation():
     assert len(set(np.concatenate(a))) == 9
     tail = list(batch_indices(10, 3, seed=None, drop_last=False))
     assert np.array_equal(np.concatenate(tail), np.arange(10))
+
+
+def test_processes_extracting_the_same_archive_at_once_all_read_it_whole(tmp_path, monkeypatch):
+    """Several processes on an empty cache (a matrix's cells, erase runs side by side) each
+    load the same archive: every one gets the full split, and one extraction is left in place.
+    Before extraction went through a private folder, processes read each other's half-written
+    images (a GPU run lost two of three erase runs to a truncated JPEG)."""
+    import os
+    import subprocess
+    import sys
+
+    make_folder(tmp_path / "src" / "pets", shape=(32, 32, 3), per_class=150)
+    monkeypatch.setenv("BACKDOOR_CACHE", str(tmp_path / "reference_cache"))
+    reference = load_split(str(tmp_path / "src" / "pets"), "train").images  # decoded from the folder itself
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "pets", arcname="pets")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = ("import sys, numpy as np; from backdoor_core.data import load_split; "
+            "s = load_split(sys.argv[1], 'train'); np.save(sys.argv[2], s.images)")
+    env = {**os.environ, "BACKDOOR_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(archive), str(out / f"{i}.npy")], env=env,
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    for i in range(4):
+        np.testing.assert_array_equal(np.load(out / f"{i}.npy"), reference)
+    extracted = list((tmp_path / "cache" / "extracted").iterdir())
+    assert len(extracted) == 1 and (extracted[0] / ".complete").exists()  # no private folder left behind
+
+
+def test_a_half_extracted_folder_is_replaced(tmp_path, monkeypatch):
+    """A folder left without its completion mark (an older version stopped mid-extraction) is
+    extracted again rather than read."""
+    monkeypatch.setenv("BACKDOOR_CACHE", str(tmp_path / "cache"))
+    written = make_folder(tmp_path / "src" / "pets")
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "pets", arcname="pets")
+    target = data._extract_archive(archive)
+    (target / ".complete").unlink()
+    (target / "pets" / "train" / "cat" / "0.png").write_bytes(b"truncated")
+    data._extract_archive(archive)
+    np.testing.assert_array_equal(load_split(str(archive), "train").images, written["train"][0])
