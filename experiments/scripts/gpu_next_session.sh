@@ -1,11 +1,14 @@
 #!/bin/bash
-# The next lent-GPU session's work, prepared so that one device-tool call does it (written
-# 2026-11-27 after the H200 session; the device time is 15 minutes per session, start included):
+# The next lent-GPU session's work, prepared so that one device-tool call does it (rewritten
+# 2026-11-28 after the second H200 session; the device time is 15 minutes per session, start included):
 #   - the IAD teacher on CIFAR-10 (its mask pre-training needs ~23 h on the 2-core CPU), brought
-#     back with its model so DHBE / PBE / CLP can run on it on the CPU;
-#   - DHBE with the `paper` settings over 4,000 iterations on the CPU-trained BadNets and Blended
-#     teachers, DFAD likewise on Blended (DFAD on BadNets gave 83.5 / 3.6; the DHBE run beside it
-#     was lost, see docs/results_cifar10.md "DHBE `paper` config on a GPU").
+#     back with its model so DHBE / PBE / CLP can run on it on the CPU (lost on 2026-11-28 to
+#     the dataset-extraction race, fixed since);
+#   - DHBE with the `paper` settings over 4,000 iterations on the CPU-trained BadNets teacher (the
+#     2026-11-28 run reached 76.0 / 8.4 at 3,000 and stopped at 3,467 at the budget);
+#   - DHBE and DFAD with the `paper` settings plus the `cpu` config's three fixes (teacher's BN
+#     kept, G warm-up, class balance) on the Blended teacher, where the plain `paper` settings
+#     collapsed both to 10% C-Acc: do the fixes hold at batch 256 and student lr 0.1?
 # Everything runs side by side (one small model each: the GPU is mostly idle for any one). At
 # BUDGET seconds all are sent SIGINT: since backdoor_core/interrupt.py they checkpoint and stop,
 # and checkpoints are also written every 500 iterations, so what did not finish can be resumed
@@ -56,9 +59,10 @@ else
 fi
 E="$PY -m experiments.erase"
 C="$DCFG --config.dhbe.iterations=$ITERS --config.eval_every=$EVERY --config.checkpoint_every=$EVERY"
+FIX="--config.dhbe.student_bn_train=False --config.dhbe.generator_warmup=200 --config.dhbe.balance_weight=1.0"
 run dhbe_badnets $E --defense dhbe --run $R/badnets $C --out $R/badnets-dhbe_paper$ITERS &
-run dhbe_blended $E --defense dhbe --run $R/blended $C --out $R/blended-dhbe_paper$ITERS &
-run dfad_blended $E --defense dfad --run $R/blended $C --out $R/blended-dfad_paper$ITERS &
+run dhbe_blended $E --defense dhbe --run $R/blended $C $FIX --out $R/blended-dhbe_paperfix$ITERS &
+run dfad_blended $E --defense dfad --run $R/blended $C $FIX --out $R/blended-dfad_paperfix$ITERS &
 ( sleep $BUDGET; echo "budget reached at $(el)s" >> $L/times.txt; pkill -INT -f "experiments\.(attack|erase)"; sleep 45; pkill -KILL -f "experiments\.(attack|erase)" ) &
 KILLER=$!
 for p in $(jobs -p); do [ "$p" = "$KILLER" ] || wait "$p"; done
