@@ -27,6 +27,14 @@ def make_folder(root, shape=(8, 8, 3), per_class=3, classes=("cat", "dog")):
     return written
 
 
+def make_archive(tmp_path):
+    """Packs tmp_path/src/pets (from make_folder) into tmp_path/pets.tar.gz and returns its path."""
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "pets", arcname="pets")
+    return archive
+
+
 def test_shipped_subset(mnist_subset):
     train, test = mnist_subset
     assert train.images.shape == (6000, 28, 28, 1) and train.images.dtype == np.uint8
@@ -50,9 +58,7 @@ def test_grey_folder_has_one_channel(tmp_path):
 
 def test_archive_is_extracted_and_cached(tmp_path, monkeypatch):
     written = make_folder(tmp_path / "src" / "pets")
-    archive = tmp_path / "pets.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(tmp_path / "src" / "pets", arcname="pets")
+    archive = make_archive(tmp_path)
     first = load_split(str(archive), "train")
     np.testing.assert_array_equal(first.images, written["train"][0])
 
@@ -158,9 +164,7 @@ def test_processes_extracting_the_same_archive_at_once_all_read_it_whole(tmp_pat
     make_folder(tmp_path / "src" / "pets", shape=(32, 32, 3), per_class=150)
     monkeypatch.setenv("BACKDOOR_CACHE", str(tmp_path / "reference_cache"))
     reference = load_split(str(tmp_path / "src" / "pets"), "train").images  # decoded from the folder itself
-    archive = tmp_path / "pets.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(tmp_path / "src" / "pets", arcname="pets")
+    archive = make_archive(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     code = ("import sys, numpy as np; from backdoor_core.data import load_split; "
@@ -181,9 +185,7 @@ def test_a_half_extracted_folder_is_replaced(tmp_path, monkeypatch):
     extracted again rather than read."""
     monkeypatch.setenv("BACKDOOR_CACHE", str(tmp_path / "cache"))
     written = make_folder(tmp_path / "src" / "pets")
-    archive = tmp_path / "pets.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(tmp_path / "src" / "pets", arcname="pets")
+    archive = make_archive(tmp_path)
     target = data._extract_archive(archive)
     (target / ".complete").unlink()
     (target / "pets" / "train" / "cat" / "0.png").write_bytes(b"truncated")
