@@ -18,6 +18,15 @@ cell is reported as `stale` and left untouched; a cell that fails is reported in
 results.md, and the matrix goes on (its dependants are skipped).
 With `--config.reuse_only=True` nothing is trained: the table is assembled from the cells that
 already exist (e.g. run directories made on another machine, linked into `out`).
+
+Matrices that take several sessions on machines that do not keep `out` between them: with
+`--config.archive=DIR` every finished cell is also copied, without its checkpoints, into
+DIR/teachers/<name>/ or DIR/defenses/<name>/ (record.json, history.jsonl, a teacher's trigger
+files, and cell.json: its cells.jsonl row), a few kB to commit; a later run with the same archive
+counts an archived cell as finished (same staleness check as a run directory) and tabulates and
+plots it from those files. A teacher is taken from the archive only while none of its defense
+cells still has to run; otherwise it is trained again (its checkpoint is not archived), and the
+fresh run replaces its archived copy.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import csv
 import dataclasses
 import importlib
 import json
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -36,6 +46,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from attacks.registry import get_attack
+from attacks.triggers import TRIGGER_JSON, TRIGGER_NPZ
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
 from backdoor_core.interrupt import stop_requested
@@ -47,6 +58,8 @@ from experiments.table import run_row
 CELLS = "cells.jsonl"
 RESULTS_COLUMNS = ("dataset", "model", "seed", "attack", "defense", "status", "C-Acc", "ASR", "ASR*", "RA", "DER",
                    "seconds", "run")
+ARCHIVE_CELL = "cell.json"
+ARCHIVE_MAX_BYTES = 1 << 20  # a trigger file larger than this (a generator's weights) is not archived
 CONVENTIONS = """Metrics (percent, except DER; final models, never selected with test labels): C-Acc on the
 clean test set; ASR on triggered test images whose true class is not the target; ASR* only over
 those the model classifies correctly when clean (DHBE's convention); RA the share of triggered
@@ -127,6 +140,36 @@ def is_complete(run_dir: Path) -> bool:
         return False
 
 
+def archive_cell(run_dir: Path, dest: Path, cell_row: dict) -> bool:
+    """Copies the finished run `run_dir` without its checkpoints into `dest`: record.json,
+    history.jsonl, trigger.json/trigger.npz when present and under ARCHIVE_MAX_BYTES, and
+    `cell_row` (its cells.jsonl row, minus the path) as cell.json. The copy is assembled beside
+    dest and then swapped in, so an interrupted copy never leaves a half-written entry. Returns
+    whether dest changed (an identical copy is left alone)."""
+    files = {}
+    for name in (rundir.RECORD, rundir.HISTORY, TRIGGER_JSON, TRIGGER_NPZ):
+        path = run_dir / name
+        if path.is_file() and (name in (rundir.RECORD, rundir.HISTORY) or path.stat().st_size <= ARCHIVE_MAX_BYTES):
+            files[name] = path.read_bytes()
+    keep = {k: v for k, v in cell_row.items() if k in ("status", "seconds", "time_incomplete")}
+    files[ARCHIVE_CELL] = (json.dumps(keep, sort_keys=True) + "\n").encode()
+    if dest.is_dir() and {p.name for p in dest.iterdir()} == set(files) and all(
+            (dest / name).read_bytes() == data for name, data in files.items()):
+        return False
+    tmp = dest.with_name(dest.name + ".tmp-archive")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    old = dest.with_name(dest.name + ".old-archive")
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
 class Matrix:
     """Runs the cells of one matrix config and records each cell's outcome in cells.jsonl."""
 
@@ -135,33 +178,59 @@ class Matrix:
         self.out = output_dir(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / CELLS
+        self.archive = Path(cfg.archive).expanduser() if cfg.get("archive") else None
         self.previous = {}
         if self.log_path.is_file():
             for line in self.log_path.read_text().splitlines():
                 row = json.loads(line)
                 self.previous[row["run"]] = row
 
-    def cell(self, run_dir: Path, fn, expected_config: dict | None = None, expected_subset: dict | None = None) -> dict:
-        """Runs fn() unless run_dir is finished; logs and returns {'run', 'status', 'seconds', 'error'}.
+    def archived(self, run_dir: Path) -> Path | None:
+        """Where the archive keeps run_dir (a cell under `out`), or None without an archive."""
+        return self.archive / run_dir.relative_to(self.out) if self.archive is not None else None
 
-        A finished run whose record's `config` differs from `expected_config`, or disagrees with
-        any setting of `expected_subset` (`rundir.config_mismatch(..., subset=True)`), is 'stale':
-        neither reused as this matrix's result nor overwritten.
-        """
+    def finished(self, run_dir: Path, expected_config: dict | None = None, expected_subset: dict | None = None,
+                 archived_ok: bool = True) -> dict | None:
+        """The row of a cell that needs no run: run_dir finished ('complete', reused; copied into the
+        archive if there is one), else, with archived_ok, its archived copy finished ('complete',
+        `archived`); either is 'stale' instead when its record's `config` differs from
+        `expected_config` or disagrees with a setting of `expected_subset`
+        (`rundir.config_mismatch(..., subset=True)`): neither reused nor overwritten. None if the
+        cell has to run."""
         key = str(run_dir)
-        if is_complete(run_dir):
-            recorded = rundir.read_record(run_dir).get("config", {})
+        archived = self.archived(run_dir)
+        for source in (run_dir, archived if archived_ok else None):
+            if source is None or not is_complete(source):
+                continue
+            recorded = rundir.read_record(source).get("config", {})
             diff = None
             if expected_config is not None:
                 diff = rundir.config_mismatch(settings_only(recorded), settings_only(expected_config))
             if diff is None and expected_subset is not None:
                 diff = rundir.config_mismatch(recorded, expected_subset, subset=True)
             if diff:
-                return {"run": key, "status": "stale",
+                return {"run": str(source), "status": "stale",
                         "error": f"finished with another configuration ({diff}); move it away to rerun"}
-            old = self.previous.get(key, {})
-            return {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True,
-                    "time_incomplete": bool(old.get("time_incomplete"))}
+            if source == run_dir:
+                old = self.previous.get(key, {})
+                row = {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True,
+                       "time_incomplete": bool(old.get("time_incomplete"))}
+                if archived is not None:
+                    archive_cell(run_dir, archived, row)
+                return row
+            cell = json.loads((source / ARCHIVE_CELL).read_text()) if (source / ARCHIVE_CELL).is_file() else {}
+            return {"run": str(source), "status": "complete", "seconds": cell.get("seconds"), "reused": True,
+                    "archived": True, "time_incomplete": bool(cell.get("time_incomplete"))}
+        return None
+
+    def cell(self, run_dir: Path, fn, expected_config: dict | None = None, expected_subset: dict | None = None,
+             archived_ok: bool = True) -> dict:
+        """Runs fn() unless the cell is finished (`finished`); logs and returns {'run', 'status',
+        'seconds', 'error'}; a cell that finishes here is copied into the archive if there is one."""
+        key = str(run_dir)
+        done = self.finished(run_dir, expected_config, expected_subset, archived_ok)
+        if done is not None:
+            return done
         if self.cfg.get("reuse_only"):
             return {"run": key, "status": "not run", "error": "reuse_only: no finished run here"}
         if stop_requested():  # Ctrl-C / SIGTERM: the cell in flight stopped at a checkpoint; start no other
@@ -182,6 +251,8 @@ class Matrix:
         with self.log_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.previous[key] = row
+        if row["status"] == "complete" and self.archive is not None:
+            archive_cell(run_dir, self.archived(run_dir), row)
         return row
 
     def earlier_attempts(self, run_dir: Path) -> tuple[float, bool]:
@@ -224,7 +295,28 @@ class Matrix:
         rows = []
         bar = tqdm(total=len(plan) * (1 + len(self.cfg.defenses)), desc="matrix cells", position=0)
         for dataset, model, width, attack, seed in plan:
+            teacher_dir = self.out / "teachers" / teacher_name(dataset, model, attack, seed)
+            ids = {"dataset": dataset, "model": f"{model} x{width:g}", "seed": seed, "attack": attack}
+            # Each defense cell's directory, config and recorded settings (or a bad override's InputError).
+            defense_cells = []
+            for defense in self.cfg.defenses:
+                try:
+                    dcfg = self.defense_config(defense, seed)
+                    expected = {"defense": recorded_config(dcfg)}
+                except InputError as e:
+                    dcfg, expected = e, None
+                defense_cells.append((defense, self.out / "defenses" / f"{teacher_dir.name}-{defense}", dcfg, expected))
+            # An archived teacher (no checkpoint) serves only while no defense cell has to run.
+            teacher_archived_ok = bool(self.cfg.get("reuse_only")) or all(
+                expected is None or self.finished(ddir, expected_config=expected) is not None
+                for _, ddir, _, expected in defense_cells)
             clean_run = None
+            try:
+                tcfg = self.teacher_config(dataset, model, width, attack, seed, None)
+                tcfg.out = str(teacher_dir)
+                expected_teacher = teacher_settings(tcfg)
+            except InputError as e:
+                tcfg, expected_teacher = e, None
             if get_attack(attack).needs_clean_model:
                 clean_dir = self.out / "teachers" / teacher_name(dataset, model, "clean", seed)
                 # The teachers' config (same recipe and overrides); train_clean reads only the
@@ -235,28 +327,34 @@ class Matrix:
                     clean_expected = teacher_settings(clean_cfg, with_attack=False)
                 except InputError:  # a bad training override: train_clean reports it as the cell's failure
                     clean_expected = None
-                self.cell(clean_dir, lambda: train_clean(clean_cfg), expected_subset=clean_expected)
+                # The clean model matters only to a teacher that has to be trained.
+                clean_archived_ok = expected_teacher is not None and self.finished(
+                    teacher_dir, expected_subset=expected_teacher, archived_ok=teacher_archived_ok) is not None
+                self.cell(clean_dir, lambda: train_clean(clean_cfg), expected_subset=clean_expected,
+                          archived_ok=clean_archived_ok)
                 clean_run = str(clean_dir)
-            teacher_dir = self.out / "teachers" / teacher_name(dataset, model, attack, seed)
-            ids = {"dataset": dataset, "model": f"{model} x{width:g}", "seed": seed, "attack": attack}
-            try:
-                tcfg = self.teacher_config(dataset, model, width, attack, seed, clean_run)
-                tcfg.out = str(teacher_dir)
-                teacher = self.cell(teacher_dir, lambda: run_attack(tcfg), expected_subset=teacher_settings(tcfg))
-            except InputError as e:  # a bad override: the cell fails before anything runs
-                teacher = {"run": str(teacher_dir), "status": "failed", "error": str(e)}
+                if not isinstance(tcfg, InputError):
+                    tcfg.clean_run = clean_run
+            if isinstance(tcfg, InputError):  # a bad override: the cell fails before anything runs
+                teacher = {"run": str(teacher_dir), "status": "failed", "error": str(tcfg)}
+            else:
+                try:
+                    teacher = self.cell(teacher_dir, lambda: run_attack(tcfg), expected_subset=expected_teacher,
+                                        archived_ok=teacher_archived_ok)
+                except InputError as e:
+                    teacher = {"run": str(teacher_dir), "status": "failed", "error": str(e)}
             rows.append(self.result_row(ids, "none", teacher))
             bar.update(1)
-            for defense in self.cfg.defenses:
-                defense_dir = self.out / "defenses" / f"{teacher_dir.name}-{defense}"
-                if teacher["status"] != "complete":
+            for defense, defense_dir, dcfg, expected in defense_cells:
+                if isinstance(dcfg, InputError):
+                    outcome = {"run": str(defense_dir), "status": "failed", "error": str(dcfg)}
+                elif teacher["status"] != "complete":
                     outcome = {"run": str(defense_dir), "status": "skipped", "error": "teacher not finished"}
                 else:
                     try:
-                        dcfg = self.defense_config(defense, seed)
                         outcome = self.cell(defense_dir, lambda: erase_run(defense, str(teacher_dir), dcfg,
                                                                            str(defense_dir)),
-                                            expected_config={"defense": recorded_config(dcfg)})
+                                            expected_config=expected)
                     except InputError as e:
                         outcome = {"run": str(defense_dir), "status": "failed", "error": str(e)}
                 rows.append(self.result_row(ids, defense, outcome))

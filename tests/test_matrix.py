@@ -81,6 +81,54 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     assert len(read_cells(out)) == 5 and not (out / "defenses" / "digits-small_cnn-badnets-s0-pbe").exists()
 
 
+def test_an_archive_carries_finished_cells_to_a_machine_without_the_runs(tiny_matrix, tmp_path):
+    """A matrix spread over sessions whose machines lose `out`: finished cells are archived without
+    checkpoints, a fresh `out` tabulates them without training, a pending defense brings its
+    teacher back, and an archived cell with other settings is stale, not reused."""
+    import shutil
+
+    archive = tmp_path / "archive"
+    tiny_matrix.defenses = ("clp",)
+    tiny_matrix.archive = str(archive)
+    first = run_matrix(tiny_matrix)
+    assert [r["status"] for r in first] == ["complete", "complete"]
+    teacher = archive / "teachers" / "digits-small_cnn-badnets-s0"
+    assert sorted(p.name for p in teacher.iterdir()) == ["cell.json", "history.jsonl", "record.json",
+                                                          "trigger.json", "trigger.npz"]
+    assert sorted(p.name for p in (archive / "defenses" / "digits-small_cnn-badnets-s0-clp").iterdir()) == [
+        "cell.json", "history.jsonl", "record.json"]
+    assert json.loads((teacher / "cell.json").read_text())["seconds"] == first[0]["seconds"]
+
+    shutil.rmtree(tmp_path / "matrix")  # a new machine: only the (committed) archive is left
+    again = run_matrix(tiny_matrix)
+    assert [(r["status"], r["C-Acc"], r["ASR"], r["seconds"]) for r in again] == [
+        (r["status"], r["C-Acc"], r["ASR"], r["seconds"]) for r in first]
+    assert all(r["run"].startswith(str(archive)) for r in again)
+    out = tmp_path / "matrix"
+    assert not (out / "cells.jsonl").exists() and not (out / "teachers").exists()  # nothing ran
+    assert (out / "plots" / "curves.png").is_file() and (out / "plots" / "trigger_gallery.png").is_file()
+
+    # A defense without an archived cell needs the teacher's weights: the teacher trains again
+    # (here deterministically to the same model), the archived CLP cell is still reused.
+    tiny_matrix.defenses = ("clp", "ft")
+    tiny_matrix.defense_overrides.ft = dict(num_devices=1, aft=dict(batch_size=16, epochs=1))
+    grown = run_matrix(tiny_matrix)
+    assert [r["status"] for r in grown] == ["complete", "complete", "complete"]
+    assert grown[0]["run"] == str(out / "teachers" / "digits-small_cnn-badnets-s0")
+    assert grown[1]["run"].startswith(str(archive)) and grown[0]["C-Acc"] == first[0]["C-Acc"]
+    assert (archive / "defenses" / "digits-small_cnn-badnets-s0-ft" / "record.json").is_file()
+    assert [c["run"].rsplit("/", 1)[-1] for c in read_cells(out)] == ["digits-small_cnn-badnets-s0",
+                                                                      "digits-small_cnn-badnets-s0-ft"]
+
+    shutil.rmtree(out)
+    tiny_matrix.defense_overrides.clp.clp = dict(u=2.0)  # CLP's settings changed since it was archived
+    stale = run_matrix(tiny_matrix)
+    assert [r["status"] for r in stale] == ["complete", "stale", "complete"]
+    assert "defense.clp.u: was 3.0, now 2.0" in stale[1]["error"] and not (out / "teachers").exists()
+    assert json.loads((archive / "defenses" / "digits-small_cnn-badnets-s0-clp" / "record.json").read_text())[
+        "config"]["defense"]["clp"]["u"] == 3.0  # the archived cell is left as it was
+
+
 def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     tiny_matrix.defenses = ("clp", "nope")
     with pytest.raises(InputError, match="unknown defense 'nope'"):

@@ -36,6 +36,7 @@ def get_config():
     c.variant = "smoke"  # each defense config's variant, unless defense_variants names another
     c.defense_variants = ml_collections.ConfigDict({"pbe": "cpu"})
     c.reuse_only = False  # True: only tabulate cells that already finished
+    c.archive = ""  # a folder: copy finished cells there (no checkpoints) and count archived cells as finished
     c.attack_overrides = ml_collections.ConfigDict()
     pgd = dict(eps=EPS, alpha=EPS / 5, steps=7)
     c.defense_overrides = ml_collections.ConfigDict({
