@@ -437,6 +437,8 @@ def run_matrix(cfg) -> list[dict]:
             raise InputError(f"matrix config: unknown defense {defense!r}; expected one of {', '.join(DEFENSES)}")
     for attack in cfg.attacks:
         get_attack(attack)
+    if cfg.get("archive") and Path(cfg.archive).expanduser().exists() and not Path(cfg.archive).expanduser().is_dir():
+        raise InputError(f"matrix config: archive {cfg.archive} is a file; expected a folder (made if missing)")
     matrix = Matrix(cfg)
     rows = matrix.run()
     write_results(matrix.out, rows)

@@ -134,6 +134,12 @@ def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     with pytest.raises(InputError, match="unknown defense 'nope'"):
         run_matrix(tiny_matrix)
     assert not (tmp_path / "matrix").exists()
+    tiny_matrix.defenses = ("clp",)
+    (tmp_path / "cells.txt").write_text("not a folder")
+    tiny_matrix.archive = str(tmp_path / "cells.txt")
+    with pytest.raises(InputError, match="is a file; expected a folder"):
+        run_matrix(tiny_matrix)
+    assert not (tmp_path / "matrix").exists()
 
 
 def test_apply_overrides_names_the_unknown_key():
