@@ -183,6 +183,26 @@ def test_iad_trigger_is_sample_specific_deterministic_and_reloads(mnist_subset, 
     assert float(diversity_loss(x[:4], x[4:], jnp.asarray(patterns[:4]), jnp.asarray(patterns[4:]))) > 0
 
 
+def test_iad_mask_pretraining_keeps_a_sparse_nonzero_mask_at_cifar_scale(mesh1):
+    # The CIFAR-10 architecture (32 channels, depth 3) on 32x32 colour images: without the output
+    # norm of the official generators the density loss drove every mask to exactly 0 within 20
+    # steps (tanh(20 z - 10) saturated, no gradient left) and IAD's trigger did nothing.
+    from attacks.iad import _mask_program
+
+    params = IADParams()
+    arch = params.architecture((32, 32, 3))
+    assert arch == (32, 3)
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    _, m = init_generators(jax.random.PRNGKey(0), (32, 32, 3), *arch)
+    tx, step = _mask_program(params, *arch, mesh1)
+    state = (m, tx.init(m))
+    for i in range(20):
+        *state, _ = step(*state, jnp.asarray(images), jax.random.PRNGKey(i))
+    masks = np.asarray(generate_mask(state[0], to_float(images), *arch))
+    assert 1e-3 < masks.mean() < 0.2, masks.mean()  # sparse (density 0.032 is the aim), alive
+    assert np.abs(masks[:8] - masks[8:]).mean() > 1e-3  # and image-specific
+
+
 def _stop_at(call: int):
     """A stand-in for `stop_requested` that asks for a stop from its `call`-th call on."""
     calls = iter(range(1, 10**6))
@@ -192,7 +212,7 @@ def _stop_at(call: int):
 def test_iad_joint_training_plants_a_backdoor(mnist_subset, mesh1, tmp_path, monkeypatch):
     train, test = mixed(mnist_subset[0], 2000), mixed(mnist_subset[1], 300, seed=1)
     config = AttackConfig(name="iad", target=0, params={**TINY_IAD, "mask_epochs": 1, "backdoor_ratio": 0.3})
-    train_config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=0, hflip=False, seed=0)
+    train_config = TrainConfig(epochs=4, batch_size=64, learning_rate=0.05, crop_padding=0, hflip=False, seed=0)
     run = lambda: train_backdoor(config, "small_cnn", 0.25, train, test, train_config, tmp_path / "iad", mesh=mesh1,
                                  progress=False)
     # a stop during the mask generator's pre-training keeps the run (its checkpoint) for the resume
@@ -204,7 +224,10 @@ def test_iad_joint_training_plants_a_backdoor(mnist_subset, mesh1, tmp_path, mon
     assert not (tmp_path / "iad" / MASK_CHECKPOINTS).exists()  # step 2's result now lives in checkpoints/0
     assert result.fit.complete and result.poisoned_indices is None
     metrics = result.fit.history[-1]
-    assert metrics["test_acc"] > 0.8 and metrics["asr"] > 0.6, metrics
+    # Since the generators end in a norm (as the official ones), the masks stay sparse (~3% of the
+    # pixels) instead of large, and this tiny run learns the backdoor more slowly: 4 epochs gave
+    # C-Acc 0.79 / ASR 0.59 (a clean model sends ~10% of the triggered images to class 0).
+    assert metrics["test_acc"] > 0.7 and metrics["asr"] > 0.45, metrics
     loaded_config, trigger = load_attack(tmp_path / "iad")
     assert loaded_config.name == "iad"
     x = jnp.asarray(to_float(test.images[:4]))
