@@ -16,6 +16,7 @@ half-finished one resumes) when the matrix runs again - unless it is a defense c
 finished with another configuration than the matrix's (its defense config changed since): that
 cell is reported as `stale` and left untouched; a cell that fails is reported in cells.jsonl and
 results.md, and the matrix goes on (its dependants are skipped).
+With `--config.defenses="()"` only the teachers are trained (or reused).
 With `--config.reuse_only=True` nothing is trained: the table is assembled from the cells that
 already exist (e.g. run directories made on another machine, linked into `out`).
 
@@ -427,7 +428,9 @@ def plot_results(path: Path, rows: list[dict]) -> None:
 
 def run_matrix(cfg) -> list[dict]:
     """Validates the matrix config, runs it, writes and prints the results."""
-    for name in ("datasets", "models", "attacks", "defenses", "seeds"):
+    # `defenses` may be empty: the matrix then trains (or reuses) its teachers only, e.g. on a
+    # lent GPU, for a later run of the defenses (experiments/scripts/gpu_teachers.sh).
+    for name in ("datasets", "models", "attacks", "seeds"):
         if not cfg.get(name):
             raise InputError(f"matrix config: {name} is empty; expected at least one entry")
     from experiments.defenses import DEFENSES

@@ -3,6 +3,7 @@ reported without stopping the others, and the table has one row per cell."""
 
 import csv
 import json
+import shutil
 
 import ml_collections
 import numpy as np
@@ -140,6 +141,25 @@ def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     with pytest.raises(InputError, match="is a file; expected a folder"):
         run_matrix(tiny_matrix)
     assert not (tmp_path / "matrix").exists()
+
+
+def test_a_teachers_only_matrix_trains_teachers_that_another_machine_reuses(tiny_matrix, tmp_path):
+    # defenses=() (experiments/scripts/gpu_teachers.sh on a lent GPU): the teachers alone; their
+    # run directories, copied into another machine's matrix, are reused there by the defenses.
+    tiny_matrix.defenses = ()
+    tiny_matrix.out = str(tmp_path / "gpu")
+    rows = run_matrix(tiny_matrix)
+    assert [(r["defense"], r["status"]) for r in rows] == [("none", "complete")]
+    teacher = "digits-small_cnn-badnets-s0"
+    assert not (tmp_path / "gpu" / "defenses").exists()
+    shutil.copytree(tmp_path / "gpu" / "teachers" / teacher, tmp_path / "matrix" / "teachers" / teacher,
+                    ignore=shutil.ignore_patterns("checkpoints"))
+    tiny_matrix.defenses = ("clp",)
+    tiny_matrix.out = str(tmp_path / "matrix")
+    rows = run_matrix(tiny_matrix)
+    assert [(r["defense"], r["status"]) for r in rows] == [("none", "complete"), ("clp", "complete")]
+    assert rows[0]["seconds"] is None  # trained elsewhere: no wall time recorded by this matrix
+    assert [c["run"].endswith("-clp") for c in read_cells(tmp_path / "matrix")] == [True]
 
 
 def test_apply_overrides_names_the_unknown_key():
