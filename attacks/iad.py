@@ -39,6 +39,7 @@ import time
 from typing import Any
 
 import flax
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -149,9 +150,33 @@ def blend(images: jax.Array, patterns: jax.Array, masks: jax.Array) -> jax.Array
     return images + masks * (patterns - images)
 
 
+def check_generator_params(arrays: dict, image_shape: tuple[int, int, int], base_channels: int, depth: int) -> None:
+    """InputError unless `arrays` holds both generators with this version's parameter tree.
+
+    Checked on shapes only (at trace time): a trigger saved before the generators got their output
+    GroupNorm (2026-11-28) would otherwise fail deep inside flax with a missing-scope error.
+    """
+    dummy = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    for name, out_channels in (("generator", image_shape[-1]), ("mask_generator", 1)):
+        net = EncoderDecoder(out_channels, base_channels, depth)
+        expected = jax.eval_shape(net.init, jax.random.PRNGKey(0), dummy)["params"]
+        want = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(expected).items()}
+        have = {"/".join(k): np.shape(v) for k, v in traverse_util.flatten_dict(arrays.get(name, {})).items()}
+        if want != have:
+            missing = sorted(set(want) - set(have))[:3]
+            extra = sorted(set(have) - set(want))[:3]
+            wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])[:3]
+            raise InputError(
+                f"IAD trigger: the {name!r} parameters do not fit this version's generator for images "
+                f"{tuple(image_shape)} (base_channels {base_channels}, depth {depth}): missing {missing}, "
+                f"unexpected {extra}, wrong shapes {wrong}. A trigger saved before 2026-11-28 (generators "
+                "without their output GroupNorm) cannot be reloaded: train the IAD attack again")
+
+
 def apply_trigger(arrays: dict, images: jax.Array, key: jax.Array, *, base_channels: int, depth: int) -> jax.Array:
     """The IAD trigger (kind "iad"): arrays {'generator', 'mask_generator'} (flax params)."""
     del key
+    check_generator_params(arrays, tuple(images.shape[1:]), base_channels, depth)
     patterns = generate_pattern(arrays["generator"], images, base_channels, depth)
     masks = generate_mask(arrays["mask_generator"], images, base_channels, depth)
     return blend(images, patterns, masks)

@@ -12,7 +12,7 @@ from attacks.iad import (IAD, MASK_CHECKPOINTS, IADParams, diversity_loss, gener
                          init_generators, pretrain_mask)
 from attacks.low_frequency import LOW_FREQUENCY, LowFrequencyParams, gaussian_blur, normalise, target_loss
 from attacks.label_consistent import LABEL_CONSISTENT, LCParams, four_corner_trigger, harden, label_consistent_poison
-from attacks.triggers import load_trigger, save_trigger
+from attacks.triggers import Trigger, load_trigger, save_trigger
 from attacks.trojannn import TROJANNN, TrojanNNParams, penultimate_features, select_neurons
 from backdoor_core import rundir
 from backdoor_core.augment import to_float
@@ -181,6 +181,17 @@ def test_iad_trigger_is_sample_specific_deterministic_and_reloads(mnist_subset, 
     save_trigger(tmp_path, trigger)
     np.testing.assert_array_equal(np.asarray(load_trigger(tmp_path)(x)), out)
     assert float(diversity_loss(x[:4], x[4:], jnp.asarray(patterns[:4]), jnp.asarray(patterns[4:]))) > 0
+
+
+def test_an_iad_trigger_with_an_old_generator_tree_is_refused_clearly(mnist_subset):
+    x = jnp.asarray(to_float(mixed(mnist_subset[1], 2).images))
+    trigger = IAD.build_trigger(AttackConfig(name="iad"), IADParams(**TINY_IAD), mnist_subset[1], jax.random.PRNGKey(0))
+    assert trigger(x).shape == x.shape
+    last_norm = max((k for k in trigger.arrays["mask_generator"] if k.startswith("GroupNorm_")),
+                    key=lambda k: int(k.split("_")[1]))
+    old = {**trigger.arrays, "mask_generator": {k: v for k, v in trigger.arrays["mask_generator"].items() if k != last_norm}}
+    with pytest.raises(InputError, match=r"'mask_generator' parameters do not fit.*missing \['GroupNorm_"):
+        Trigger.make("iad", old, **trigger.settings)(x)
 
 
 def test_iad_mask_pretraining_keeps_a_sparse_nonzero_mask_at_cifar_scale(mesh1):
