@@ -53,7 +53,7 @@ from backdoor_core.errors import InputError
 from backdoor_core.interrupt import stop_requested
 from experiments.common import output_dir, run_cli
 from experiments.plots import plot_curves, plot_trigger_gallery
-from experiments.summary import write_summary
+from experiments.summary import grid_markdown, write_summary
 from experiments.table import run_row
 
 CELLS = "cells.jsonl"
@@ -376,7 +376,8 @@ class Matrix:
 
 
 def write_results(out: Path, rows: list[dict]) -> None:
-    """results.csv, results.md (with the metric conventions), with several seeds results_seeds.md/.csv
+    """results.csv, results.md (with the metric conventions, and at its end the C-Acc / ASR grid of
+    `experiments.summary.grid_markdown`), with several seeds results_seeds.md/.csv
     (mean +- std per attack and defense, `experiments.summary`), and the plots: asr_cacc.png
     (before/after bars), curves.png and trigger_gallery.png (`experiments.plots`)."""
     with (out / "results.csv").open("w", newline="") as f:
@@ -392,7 +393,8 @@ def write_results(out: Path, rows: list[dict]) -> None:
         if row["status"] not in ("complete",):
             cells[RESULTS_COLUMNS.index("status")] = f"{row['status']}: {row.get('error', '')}"
         lines.append("| " + " | ".join(cells) + " |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    lines += ["", grid_markdown(rows)]
+    (out / "results.md").write_text("\n".join(lines))
     write_summary(out, rows)
     plot_results(out / "plots" / "asr_cacc.png", rows)
     plot_curves(out / "plots" / "curves.png", rows)

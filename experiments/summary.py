@@ -88,6 +88,42 @@ def summary_markdown(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+GRID_KEYS = ("dataset", "model", "seed", "attack")
+GRID_CONVENTIONS = """C-Acc / ASR (percent) of each finished cell: one row per teacher, its own column first
+(`none`), then one column per defense; `-` where the cell has not finished (its status is in the
+table below).
+"""
+
+
+def grid_cell(row: dict | None) -> str:
+    """'83.1 / 4.2' for a finished cell, its status word ('failed', 'stale', ...) otherwise, '-' if absent."""
+    if row is None or row["status"] in ("not run", "skipped"):
+        return "-"
+    if row["status"] != "complete":
+        return str(row["status"])
+    return f"{row.get('C-Acc', '-')} / {row.get('ASR', '-')}"
+
+
+def grid_markdown(rows: list[dict]) -> str:
+    """The matrix at a glance: a Markdown table with one row per (dataset, model, seed, attack)
+    and one column per defense (`none`, the teacher, first), each cell `grid_cell` of its result row.
+
+    Args:
+      rows: `experiments.run` result rows (GRID_KEYS, defense, status, C-Acc and ASR as strings).
+    Returns:
+      the heading, GRID_CONVENTIONS and the table; groups and defenses in the order they first appear.
+    """
+    defenses = list(dict.fromkeys(["none", *(r["defense"] for r in rows)]))
+    cells: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        cells.setdefault(tuple(row[k] for k in GRID_KEYS), {})[row["defense"]] = row
+    lines = ["## At a glance", "", GRID_CONVENTIONS, "| " + " | ".join([*GRID_KEYS, *defenses]) + " |",
+             "|" + "---|" * (len(GRID_KEYS) + len(defenses))]
+    for key, by_defense in cells.items():
+        lines.append("| " + " | ".join([*(str(k) for k in key), *(grid_cell(by_defense.get(d)) for d in defenses)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_summary(out: Path, rows: list[dict]) -> bool:
     """Writes out/results_seeds.md and .csv when the rows hold more than one seed; True if it wrote."""
     if len({r["seed"] for r in rows}) < 2:

@@ -48,7 +48,10 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == 3 and [r["defense"] for r in table] == ["none", "clp", "ft"]
     md = (out / "results.md").read_text()
-    assert md.count("| digits |") == 3 and "failed: InputError" in md
+    assert md.count("| digits |") == 3 + 1 and "failed: InputError" in md  # 3 cells, 1 grid row
+    grid = md[md.index("## At a glance"):]
+    assert f"| digits | {rows[0]['model']} | 0 | badnets | {rows[0]['C-Acc']} / {rows[0]['ASR']} | " \
+           f"{rows[1]['C-Acc']} / {rows[1]['ASR']} | failed |" in grid
     assert all((out / "plots" / f).is_file() for f in ("asr_cacc.png", "curves.png", "trigger_gallery.png"))
     assert not (out / "results_seeds.md").exists()  # one seed: nothing to summarise over
     first = read_cells(out)
@@ -292,6 +295,22 @@ def test_summary_over_seeds_counts_finished_seeds_only():
     assert "| d | m x1 | badnets | dhbe | 2/3 | 79.0 +- 1.4 | 6.0 +- 2.8 | - | - | 0.920 +- 0.028 | 40 +- 14 |" in md
     one = summarize_over_seeds(rows[:2])
     assert one[1]["C-Acc std"] is None and "| 80.0 | 8.0 |" in summary_markdown(one)
+
+
+def test_grid_has_one_row_per_teacher_and_one_column_per_defense():
+    from experiments.summary import grid_markdown
+
+    def row(attack, defense, status, acc="-", asr="-"):
+        return {"dataset": "d", "model": "m x1", "seed": 0, "attack": attack, "defense": defense, "status": status,
+                "C-Acc": acc, "ASR": asr}
+
+    rows = [row("badnets", "none", "complete", "84.0", "96.0"), row("badnets", "dhbe", "complete", "77.3", "8.1"),
+            row("badnets", "clp", "stale"), row("sig", "none", "complete", "83.9", "81.4"),
+            row("sig", "pbe", "not run"), row("sig", "clp", "complete", "83.9", "81.4")]
+    table = [line for line in grid_markdown(rows).splitlines() if line.startswith("|")]
+    assert table[0] == "| dataset | model | seed | attack | none | dhbe | clp | pbe |"
+    assert table[2:] == ["| d | m x1 | 0 | badnets | 84.0 / 96.0 | 77.3 / 8.1 | stale | - |",
+                         "| d | m x1 | 0 | sig | 83.9 / 81.4 | - | 83.9 / 81.4 | - |"]
 
 
 def test_matrix_with_two_seeds_writes_the_seed_summary(tiny_matrix, tmp_path):
