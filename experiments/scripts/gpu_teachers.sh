@@ -13,13 +13,13 @@
 #   SMOKE=1 bash experiments/scripts/gpu_teachers.sh     # the same graph on the shipped MNIST subset, tiny
 #   bash experiments/scripts/gpu_teachers.sh install DIR  # here: unpack DIR/teachers_*.tgz into the CPU matrix
 #
-# At BUDGET seconds every process still running is sent SIGINT (a teacher checkpoints and stops;
-# IAD's mask pre-training has no checkpoint and is lost), then KILL 30 s later. Results come back as
+# At BUDGET seconds every process still running is sent SIGINT (a teacher, IAD's mask pre-training
+# included, checkpoints and stops; but only finished teachers come back), then KILL 30 s later. Results come back as
 # $OUT/teachers_<attack>.tgz (teacher run directories without checkpoints; at most seven
 # attacks per call, since logs.tgz is the eighth file) and $OUT/logs.tgz.
 set -u
 . experiments/scripts/gpu_setup.sh
-ATTACKS=${ATTACKS:-"iad lc lf trojannn"}  # at most seven (the 8-file limit); the teachers still missing
+ATTACKS=${ATTACKS:-"iad lc lf"}  # at most seven (the 8-file limit); the teachers still missing (TrojanNN: trained on the CPU)
 if [ "${1:-}" = prepare ]; then
   set -e; gpu_prepare; du -sh .whl .gpu; exit 0
 fi
