@@ -1,5 +1,8 @@
-"""The matrix's plots beyond the before/after bars: every cell's training curve, and a gallery of
-the attacks' triggers.
+"""The matrix's plots: C-Acc and ASR before and after each defense, every cell's training curve,
+and a gallery of the attacks' triggers.
+
+  asr_cacc.png        one panel per teacher: bars of C-Acc and ASR (%) for the teacher and each
+                      defense, with the issues' success bounds (ASR 5%, teacher C-Acc - 3) drawn.
 
   curves.png          one panel per cell (rows: dataset/model/seed/attack; columns: the teacher
                       and each defense): C-Acc and ASR (%) along the run, read from the cell's
@@ -12,7 +15,7 @@ the attacks' triggers.
                       dataset images: keep the file with the runs, out of public repositories
                       whose data licence forbids it.
 
-Both read only finished run directories, so they can be redrawn from a matrix's `out` at any time.
+All read only the result rows and finished run directories, so they can be redrawn from a matrix's `out` at any time.
 """
 
 from __future__ import annotations
@@ -62,6 +65,66 @@ def cell_curves(rows: list[dict]) -> dict[tuple, tuple[str, np.ndarray, np.ndarr
         if key[4] != "none" and teacher is not None and x[0] > 0:
             curves[key] = (label, np.r_[0.0, x], np.r_[teacher[2][-1], cacc], np.r_[teacher[3][-1], asr])
     return curves
+
+
+def before_after(rows: list[dict]) -> tuple[list[tuple], list[str], np.ndarray, np.ndarray]:
+    """(the (dataset, model, seed, attack) groups, the defenses ('none' first), C-Acc % [G, D],
+    ASR % [G, D]) of the matrix's result rows, NaN where a cell has not finished or has no ASR."""
+    groups, defenses = _grid(rows)
+    cacc = np.full((len(groups), len(defenses)), np.nan)
+    asr = np.full_like(cacc, np.nan)
+    for r in rows:
+        if r["status"] == "complete" and r.get("ASR", "-") != "-" and r.get("C-Acc", "-") != "-":
+            i = groups.index((r["dataset"], r["model"], r["seed"], r["attack"]))
+            j = defenses.index(r["defense"])
+            cacc[i, j], asr[i, j] = float(r["C-Acc"]), float(r["ASR"])
+    return groups, defenses, cacc, asr
+
+
+def plot_before_after(path: Path, rows: list[dict], asr_target: float = 5.0, cacc_drop: float = 3.0) -> bool:
+    """asr_cacc.png: one panel per teacher (dataset/model/seed/attack) with a pair of bars, C-Acc
+    and ASR (%), for the teacher ('none') and each defense, a dotted line at ASR = `asr_target`
+    and a dashed one at the teacher's C-Acc - `cacc_drop` (the issues' success bounds); defenses
+    without a finished cell are left empty. False if no cell has finished."""
+    groups, defenses, cacc, asr = before_after(rows)
+    keep = ~np.all(np.isnan(cacc), axis=1)
+    if not keep.any():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [g for g, k in zip(groups, keep) if k]
+    cacc, asr = cacc[keep], asr[keep]
+    cols = min(3, len(groups))
+    nrows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(0.55 * len(defenses) * cols + 1, 2.1 * nrows),
+                             squeeze=False, sharey=True)
+    x = np.arange(len(defenses))
+    for k, group in enumerate(groups):
+        ax = axes[k // cols, k % cols]
+        ax.bar(x - 0.2, np.nan_to_num(cacc[k]), 0.4, label="C-Acc", color="tab:blue")
+        ax.bar(x + 0.2, np.nan_to_num(asr[k]), 0.4, label="ASR", color="tab:orange")
+        for j in np.flatnonzero(np.isnan(cacc[k])):
+            ax.text(x[j], 8, "-", ha="center", fontsize=9, color="gray")
+        ax.axhline(asr_target, color="tab:orange", ls=":", lw=0.8)
+        if not np.isnan(cacc[k, 0]):
+            ax.axhline(cacc[k, 0] - cacc_drop, color="tab:blue", ls="--", lw=0.8)
+        ax.set_xticks(x, ["teacher" if d == "none" else d for d in defenses], fontsize=6, rotation=45)
+        ax.set_ylim(0, 100)
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_title(f"{group[3]} ({group[0]}, seed {group[2]})", fontsize=7)
+    for k in range(len(groups), nrows * cols):
+        axes[k // cols, k % cols].axis("off")
+    axes[0, 0].legend(fontsize=6, loc="lower left")
+    fig.suptitle(f"C-Acc and ASR (%) before (teacher) and after each defense; dotted: ASR {asr_target:g}%, "
+                 f"dashed: teacher C-Acc - {cacc_drop:g}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def plot_curves(path: Path, rows: list[dict]) -> bool:

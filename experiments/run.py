@@ -52,7 +52,7 @@ from backdoor_core import rundir
 from backdoor_core.errors import InputError
 from backdoor_core.interrupt import stop_requested
 from experiments.common import output_dir, run_cli
-from experiments.plots import plot_curves, plot_trigger_gallery
+from experiments.plots import plot_before_after, plot_curves, plot_trigger_gallery
 from experiments.summary import grid_markdown, write_summary
 from experiments.table import run_row
 
@@ -396,36 +396,9 @@ def write_results(out: Path, rows: list[dict]) -> None:
     lines += ["", grid_markdown(rows)]
     (out / "results.md").write_text("\n".join(lines))
     write_summary(out, rows)
-    plot_results(out / "plots" / "asr_cacc.png", rows)
+    plot_before_after(out / "plots" / "asr_cacc.png", rows)
     plot_curves(out / "plots" / "curves.png", rows)
     plot_trigger_gallery(out / "plots" / "trigger_gallery.png", rows, warn=tqdm.write)
-
-
-def plot_results(path: Path, rows: list[dict]) -> None:
-    """Grouped bars of C-Acc and ASR per (attack, defense) for the finished cells ('none' = teacher)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = [r for r in rows if r["status"] == "complete" and r.get("ASR", "-") != "-"]
-    if not done:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labels = [f"{r['attack']}\n{r['defense']}" + (f"\ns{r['seed']}" if len({x['seed'] for x in done}) > 1 else "")
-              for r in done]
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(done) + 2), 3.5))
-    x = range(len(done))
-    ax.bar([i - 0.2 for i in x], [float(r["C-Acc"]) for r in done], 0.4, label="C-Acc")
-    ax.bar([i + 0.2 for i in x], [float(r["ASR"]) for r in done], 0.4, label="ASR")
-    ax.set_xticks(list(x), labels, fontsize=7)
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7)
-    ax.set_title("before (defense 'none') and after each defense", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def run_matrix(cfg) -> list[dict]:

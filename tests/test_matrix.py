@@ -11,7 +11,8 @@ import pytest
 
 from backdoor_core.errors import InputError
 from experiments.configs import matrix_quickstart
-from experiments.plots import cell_curves, curve_points, gallery_images, plot_trigger_gallery
+from experiments.plots import (before_after, cell_curves, curve_points, gallery_images, plot_before_after,
+                               plot_trigger_gallery)
 from experiments.run import apply_overrides, run_matrix
 
 
@@ -311,6 +312,22 @@ def test_grid_has_one_row_per_teacher_and_one_column_per_defense():
     assert table[0] == "| dataset | model | seed | attack | none | dhbe | clp | pbe |"
     assert table[2:] == ["| d | m x1 | 0 | badnets | 84.0 / 96.0 | 77.3 / 8.1 | stale | - |",
                          "| d | m x1 | 0 | sig | 83.9 / 81.4 | - | 83.9 / 81.4 | - |"]
+
+
+def test_before_after_bars_put_each_finished_cell_in_its_teachers_panel(tmp_path):
+    def row(attack, defense, status, acc="-", asr="-"):
+        return {"dataset": "d", "model": "m x1", "seed": 0, "attack": attack, "defense": defense, "status": status,
+                "C-Acc": acc, "ASR": asr}
+
+    rows = [row("badnets", "none", "complete", "84.0", "96.0"), row("badnets", "dhbe", "complete", "77.3", "8.1"),
+            row("badnets", "clp", "failed"), row("sig", "none", "not run"), row("sig", "clp", "complete", "83.9", "81.4")]
+    groups, defenses, cacc, asr = before_after(rows)
+    assert [g[3] for g in groups] == ["badnets", "sig"] and defenses == ["none", "dhbe", "clp"]
+    np.testing.assert_array_equal(cacc, [[84.0, 77.3, np.nan], [np.nan, np.nan, 83.9]])
+    np.testing.assert_array_equal(asr, [[96.0, 8.1, np.nan], [np.nan, np.nan, 81.4]])
+    assert plot_before_after(tmp_path / "bars.png", rows) and (tmp_path / "bars.png").stat().st_size > 0
+    assert not plot_before_after(tmp_path / "none.png", [row("sig", "none", "failed")])
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_matrix_with_two_seeds_writes_the_seed_summary(tiny_matrix, tmp_path):
