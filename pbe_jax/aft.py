@@ -99,7 +99,8 @@ def aft(model: nn.Module, variables: dict, clean: Split, config: AFTConfig = AFT
     last = config.epochs if stop_after_epochs is None else min(stop_after_epochs, config.epochs)
     state = finetune_epochs(trainer, replicate(mesh, state), clean, epochs=range(done, last),
                             schedule=AdversarialSchedule(epochs=config.adversarial_epochs), batch_size=config.batch_size,
-                            seed=config.seed, mesh=mesh, on_epoch=on_epoch, progress=progress, desc="AFT ",
+                            seed=config.seed, mesh=mesh, on_epoch=on_epoch, progress=progress,
+                            desc="AFT " if config.adversarial_epochs else "FT ",  # FT is AFT without adversarial epochs
                             stop_check=stop_requested)  # Ctrl-C / SIGTERM under the CLI: after the epoch's checkpoint
     if checkpoints:
         checkpoints.close()
