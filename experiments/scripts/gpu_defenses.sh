@@ -51,6 +51,7 @@ fi
 if [ "${1:-}" = install ]; then
   # Merges the finished cells into the archive; an entry already there is kept.
   set -e
+  [ -f "$2/cells.tgz" ] || { echo "no cells.tgz in $2: no cell finished"; exit 0; }
   T=$(mktemp -d); tar xzf "$2/cells.tgz" -C "$T"
   for d in "$T"/*/defenses/*; do
     n=$(basename "$d")
@@ -89,16 +90,12 @@ while read -r a d; do
   run "${a}_$d" $PY -m experiments.run --config $CFG --config.out=$out "--config.attacks=('$a',)" \
       "--config.defenses=('$d',)" --config.archive=$R/archive_${a}_$d &
 done < "$CELLS"
-( sleep $BUDGET; echo "budget reached at $(el)s" >> $L/times.txt; pkill -INT -f "config.out=$R/m_"; sleep 30; pkill -KILL -f "config.out=$R/m_" ) &
-KILLER=$!
-for p in $(jobs -p); do [ "$p" = "$KILLER" ] || wait "$p"; done
-kill $KILLER 2>/dev/null
+gpu_wait_with_budget $BUDGET "config.out=$R/m_" $L/times.txt
 cd "$R"
 # Only the defense cells' archive entries (the teachers' are the CPU matrix's already); one file.
-tar czf $OUT/cells.tgz $(ls -d archive_*/defenses 2>/dev/null)
+finished=$(ls -d archive_*/defenses 2>/dev/null)
+if [ -n "$finished" ]; then tar czf $OUT/cells.tgz $finished; else echo "no cell finished"; fi
 tar czf $OUT/logs.tgz logs
 cat $L/machine.txt $L/times.txt
-for f in archive_*/defenses/*/record.json; do
-  $PY -c "import json,sys; r=json.load(open(sys.argv[1])); m=r.get('metrics',{}); print(sys.argv[1].split('/')[2], r.get('status'), r.get('versions',{}).get('backend'), m.get('test_acc'), m.get('asr'))" "$f"
-done
+gpu_print_records archive_*/defenses/*/record.json
 ls -la $OUT

@@ -20,3 +20,23 @@ gpu_install() {
   export PYTHONPATH=/tmp/site:$PWD
   if [ -f .gpu/cifar10.tar.gz ]; then mkdir -p ../shared/data && cp .gpu/cifar10.tar.gz ../shared/data/; fi
 }
+
+# Waits for the background jobs of the calling shell, sending SIGINT at $1 seconds to every
+# process whose command line matches $2 (a cell checkpoints and stops), then KILL 30 s later;
+# appends when the budget was reached to $3 (a times file). Needs el() (seconds since start).
+gpu_wait_with_budget() {
+  local budget=$1 pattern=$2 times=$3
+  ( sleep "$budget"; echo "budget reached at $(el)s" >> "$times"; pkill -INT -f "$pattern"; sleep 30; pkill -KILL -f "$pattern" ) &
+  local killer=$!
+  for p in $(jobs -p); do [ "$p" = "$killer" ] || wait "$p"; done
+  kill $killer 2>/dev/null
+}
+
+# One line per record.json given: its cell name (the path's third part), status, backend,
+# C-Acc and ASR.
+gpu_print_records() {
+  for f in "$@"; do
+    [ -f "$f" ] || continue  # an unmatched glob: nothing finished
+    $PY -c "import json,sys; r=json.load(open(sys.argv[1])); m=r.get('metrics',{}); print(sys.argv[1].split('/')[2], r.get('status'), r.get('versions',{}).get('backend'), m.get('test_acc'), m.get('asr'))" "$f"
+  done
+}

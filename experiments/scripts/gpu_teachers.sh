@@ -53,17 +53,12 @@ run() { local name=$1; shift; local s=$(date +%s); "$@" > $L/$name.log 2>&1; ech
 for a in $ATTACKS; do
   run "$a" $PY -m experiments.run --config $CFG --config.out=$R/m_$a "--config.attacks=('$a',)" "--config.defenses=()" &
 done
-( sleep $BUDGET; echo "budget reached at $(el)s" >> $L/times.txt; pkill -INT -f "config.out=$R/m_"; sleep 30; pkill -KILL -f "config.out=$R/m_" ) &
-KILLER=$!
-for p in $(jobs -p); do [ "$p" = "$KILLER" ] || wait "$p"; done
-kill $KILLER 2>/dev/null
+gpu_wait_with_budget $BUDGET "config.out=$R/m_" $L/times.txt
 cd "$R"
 # One file per attack (the device tool brings back at most 8 files of at most 16 MiB each; two
 # halves of eight teachers were 17 and 23 MB on 2026-11-28 and were left behind).
 for m in m_*; do tar czf $OUT/teachers_${m#m_}.tgz --exclude=checkpoints "$m"; done
 tar czf $OUT/logs.tgz logs
 cat $L/machine.txt $L/times.txt
-for f in m_*/teachers/*/record.json; do
-  $PY -c "import json,sys; r=json.load(open(sys.argv[1])); m=r.get('metrics',{}); print(sys.argv[1].split('/')[2], r.get('status'), r.get('versions',{}).get('backend'), m.get('test_acc'), m.get('asr'))" "$f"
-done
+gpu_print_records m_*/teachers/*/record.json
 ls -la $OUT
