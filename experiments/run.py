@@ -16,6 +16,10 @@ half-finished one resumes) when the matrix runs again - unless it is a defense c
 finished with another configuration than the matrix's (its defense config changed since): that
 cell is reported as `stale` and left untouched; a cell that fails is reported in cells.jsonl and
 results.md, and the matrix goes on (its dependants are skipped).
+Several matrix processes may share one `out` (one per GPU, or a teachers-only run beside a
+defenses run): each cell is locked while it runs (`experiments.cell_lock`, out/.locks/), a cell
+another live process holds is reported `busy` and its dependants skipped; a later run picks
+them up.
 With `--config.defenses="()"` only the teachers are trained (or reused).
 With `--config.reuse_only=True` nothing is trained: the table is assembled from the cells that
 already exist (e.g. run directories made on another machine, linked into `out`).
@@ -51,6 +55,7 @@ from attacks.triggers import TRIGGER_JSON, TRIGGER_NPZ
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
 from backdoor_core.interrupt import stop_requested
+from experiments.cell_lock import lock_path, try_lock, unlock
 from experiments.common import output_dir, run_cli
 from experiments.plots import plot_before_after, plot_curves, plot_trigger_gallery
 from experiments.summary import grid_markdown, write_summary
@@ -181,10 +186,24 @@ class Matrix:
         self.log_path = self.out / CELLS
         self.archive = Path(cfg.archive).expanduser() if cfg.get("archive") else None
         self.previous = {}
+        self.reload_log()
+
+    def reload_log(self) -> None:
+        """Reads cells.jsonl into `previous` (each cell's last recorded row): at start, and again
+        when a cell finished by another matrix process sharing `out` needs its row."""
         if self.log_path.is_file():
             for line in self.log_path.read_text().splitlines():
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line another process is appending right now
+                    continue
                 self.previous[row["run"]] = row
+
+    def recorded(self, run_dir: Path) -> dict:
+        """The last cells.jsonl row of run_dir ({} if none), re-reading the log if this process has none."""
+        if str(run_dir) not in self.previous:
+            self.reload_log()
+        return self.previous.get(str(run_dir), {})
 
     def archived(self, run_dir: Path) -> Path | None:
         """Where the archive keeps run_dir (a cell under `out`), or None without an archive."""
@@ -213,7 +232,7 @@ class Matrix:
                 return {"run": str(source), "status": "stale",
                         "error": f"finished with another configuration ({diff}); move it away to rerun"}
             if source == run_dir:
-                old = self.previous.get(key, {})
+                old = self.recorded(run_dir)
                 row = {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True,
                        "time_incomplete": bool(old.get("time_incomplete"))}
                 if archived is not None:
@@ -236,6 +255,22 @@ class Matrix:
             return {"run": key, "status": "not run", "error": "reuse_only: no finished run here"}
         if stop_requested():  # Ctrl-C / SIGTERM: the cell in flight stopped at a checkpoint; start no other
             return {"run": key, "status": "not run", "error": f"{stop_requested()}: the matrix was stopped"}
+        lock = lock_path(self.out, run_dir)
+        holder = try_lock(lock)
+        if holder is not None:  # another matrix process on this `out` is running the cell
+            return {"run": key, "status": "busy",
+                    "error": f"another process runs it (pid {holder.get('pid')} on {holder.get('host')}, lock {lock})"}
+        try:
+            # The cell may have finished in another process between the check above and the lock.
+            done = self.finished(run_dir, expected_config, expected_subset, archived_ok)
+            return done if done is not None else self.run_cell(run_dir, fn)
+        finally:
+            unlock(lock)
+
+    def run_cell(self, run_dir: Path, fn) -> dict:
+        """Runs fn() for the cell run_dir (its lock held), logs the outcome to cells.jsonl and returns
+        its row; a cell that finishes is copied into the archive if there is one."""
+        key = str(run_dir)
         earlier, incomplete = self.earlier_attempts(run_dir)
         start = time.perf_counter()
         try:
@@ -263,7 +298,7 @@ class Matrix:
         that saved the state ended without a record (its process was killed)."""
         if not rundir.has_saved_state(run_dir):
             return 0.0, False
-        prior = self.previous.get(str(run_dir), {})
+        prior = self.recorded(run_dir)
         if prior.get("status") in ("stopped", "failed"):
             return float(prior.get("seconds") or 0.0), bool(prior.get("time_incomplete"))
         return 0.0, True

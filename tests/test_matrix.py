@@ -3,17 +3,22 @@ reported without stopping the others, and the table has one row per cell."""
 
 import csv
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
 import pytest
 
 from backdoor_core.errors import InputError
+from experiments.cell_lock import lock_path, try_lock, unlock
 from experiments.configs import matrix_quickstart
 from experiments.plots import (before_after, cell_curves, curve_points, gallery_images, plot_before_after,
                                plot_trigger_gallery)
-from experiments.run import apply_overrides, run_matrix
+from experiments.run import CELLS, Matrix, apply_overrides, run_matrix
 
 
 @pytest.fixture
@@ -227,6 +232,60 @@ def test_a_stop_request_lets_the_cell_in_flight_save_and_starts_no_other(tiny_ma
     assert [r["status"] for r in rows] == ["complete", "not run"]
     assert "SIGINT" in rows[1]["error"] and not (tmp_path / "matrix" / "defenses").exists()
     assert len((tmp_path / "matrix" / "results.md").read_text().strip().splitlines()) >= 2
+
+
+def _lock_for(out, run_dir, host, pid):
+    path = lock_path(out, run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": host, "pid": pid}))
+    return path
+
+
+def test_a_cell_another_live_process_holds_is_busy_and_its_dependants_wait(tiny_matrix, tmp_path):
+    """Two matrix processes on one `out`: a teacher another process is training is not started
+    again here, and its defense cells are skipped; the holder's lock is left in place."""
+    out = tmp_path / "matrix"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = _lock_for(out, out / "teachers" / "digits-small_cnn-badnets-s0", socket.gethostname(), other.pid)
+        rows = run_matrix(tiny_matrix)
+    finally:
+        other.kill()
+        other.wait()
+    assert [r["status"] for r in rows] == ["busy", "skipped", "skipped"]
+    assert f"pid {other.pid}" in rows[0]["error"] and lock.is_file()
+    assert not (out / "teachers" / "digits-small_cnn-badnets-s0").exists() and not (out / CELLS).exists()
+    assert "| busy |" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("holder", ["dead", "none", "raises"])
+def test_a_cell_lock_is_taken_over_from_a_dead_holder_and_always_released(tmp_path, holder):
+    out = tmp_path / "out"
+    run_dir = out / "defenses" / "t-clp"
+    if holder == "dead":
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()  # its pid is free now
+        _lock_for(out, run_dir, socket.gethostname(), gone.pid)
+    matrix = Matrix(ml_collections.ConfigDict(dict(out=str(out), archive="", reuse_only=False)))
+    calls = []
+
+    def fn():
+        calls.append(json.loads(lock_path(out, run_dir).read_text())["pid"])
+        if holder == "raises":
+            raise RuntimeError("boom")
+
+    row = matrix.cell(run_dir, fn)
+    assert calls == [os.getpid()]  # ran once, holding the lock itself
+    assert row["status"] == ("failed" if holder == "raises" else "stopped")
+    assert not lock_path(out, run_dir).exists()
+
+
+def test_a_lock_from_another_host_is_respected(tmp_path):
+    out = tmp_path / "out"
+    path = _lock_for(out, out / "teachers" / "t", "some-other-host", os.getpid())
+    assert try_lock(path) == {"host": "some-other-host", "pid": os.getpid()}
+    unlock(path)  # not ours: left alone
+    assert path.is_file()
 
 
 def test_curve_points_pick_each_kind_of_history():
