@@ -1,8 +1,7 @@
 #!/bin/bash
 # SUPERSEDED (2026-11-28, session 24): it needs the CPU-trained BadNets/Blended teachers, lost with
-# an earlier machine's ~/runs. The next lent-GPU call is instead
-#   ATTACKS="iad lc lf trojannn" BUDGET=420 bash experiments/scripts/gpu_teachers.sh   (timeout_s 520)
-# (IAD again after its generator fix; LC, LF and TrojanNN, whose teachers of 2026-11-28 did not come back).
+# an earlier machine's ~/runs. The next lent-GPU call is instead experiments/scripts/gpu_session.sh
+# (2026-11-29: the IAD teacher and the archive's missing defense cells, side by side).
 # The next lent-GPU session's work, prepared so that one device-tool call does it (rewritten
 # 2026-11-28 after the second H200 session; the device time is 15 minutes per session, start included):
 #   - the IAD teacher on CIFAR-10 (its mask pre-training needs ~23 h on the 2-core CPU), brought

@@ -16,6 +16,8 @@ gpu_prepare() {
 }
 
 gpu_install() {
+  # Once per device call: a wrapper that installed already (gpu_session.sh) exports GPU_INSTALLED.
+  if [ -n "${GPU_INSTALLED:-}" ]; then return 0; fi
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
   export PYTHONPATH=/tmp/site:$PWD
   if [ -f .gpu/cifar10.tar.gz ]; then mkdir -p ../shared/data && cp .gpu/cifar10.tar.gz ../shared/data/; fi
