@@ -207,3 +207,19 @@ def test_bad_input_is_one_clear_error(data, backdoored, mesh1):
         pbe(model, variables, data[0].subset(np.arange(640)), PBE_TINY, mesh=mesh1, ground_truth=np.array([700]))
     with pytest.raises(InputError, match="PGD config"):
         dataclasses.replace(PBE_TINY, pgd=PGDConfig(eps=-1, alpha=0.1, steps=1)).validate()
+
+
+def test_the_clean_model_of_a_moved_attack_run_is_found_beside_it(tmp_path):
+    """LC's poisoned set is rebuilt with the clean model its record names; runs moved to another
+    folder (a matrix's teachers copied between machines) find it beside them, else one clear error."""
+    from experiments.defenses.pbe import clean_run_dir
+
+    teachers = tmp_path / "teachers"
+    (teachers / "cifar10-m-clean-s0").mkdir(parents=True)
+    run = teachers / "cifar10-m-lc-s0"
+    assert clean_run_dir(run, {"clean_run": "/elsewhere/runs/cifar10-m-clean-s0"}) == teachers / "cifar10-m-clean-s0"
+    assert clean_run_dir(run, {"clean_run": str(teachers / "cifar10-m-clean-s0")}) == teachers / "cifar10-m-clean-s0"
+    with pytest.raises(InputError, match="neither at /elsewhere/cifar10-m-clean-s1"):
+        clean_run_dir(run, {"clean_run": "/elsewhere/cifar10-m-clean-s1"})
+    with pytest.raises(InputError, match="names no clean_run"):
+        clean_run_dir(run, {})

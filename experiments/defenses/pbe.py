@@ -52,6 +52,24 @@ def detect_settings(cfg) -> DetectConfig | None:
     return DetectConfig(pgd=pgd, num_images=d.num_images, batch_size=d.batch_size, seed=d.seed)
 
 
+def clean_run_dir(run_dir: Path, record: dict) -> Path:
+    """The clean model's run directory an attack run (LC, TrojanNN) was made with: the path its
+    record names, or, when that is gone (runs moved to another machine or folder, e.g. a matrix's
+    teachers/ copied from a GPU), the directory of the same name beside the attack run."""
+    recorded = record.get("clean_run")
+    if not recorded:
+        raise InputError(f"{run_dir}/record.json names no clean_run; rebuilding this attack's poisoned set "
+                         "needs the clean model it was made with")
+    path = Path(recorded).expanduser()
+    if path.is_dir():
+        return path
+    beside = Path(run_dir).parent / path.name
+    if beside.is_dir():
+        return beside
+    raise InputError(f"the clean model of {run_dir} is neither at {path} (its record's clean_run) nor at {beside}; "
+                     "expected its run directory at one of them")
+
+
 def poisoned_training_set(attack_run: AttackRun, mesh=None) -> tuple[Split, np.ndarray, str]:
     """(poisoned training split, its poisoned indices, how it was obtained) for PBE's defender."""
     train, _ = load_dataset(attack_run.dataset_source)
@@ -60,11 +78,7 @@ def poisoned_training_set(attack_run: AttackRun, mesh=None) -> tuple[Split, np.n
         poisoned, indices = poison_split(train, config, trigger, clean_label=attack.clean_label)
         return poisoned, indices, "materialised: trained trigger on poison_ratio of the images (attack poisons per batch)"
     if attack.custom_training:  # LC: its static poisoning needs the clean model it was built with
-        clean_run = attack_run.record.get("clean_run")
-        if not clean_run:
-            raise InputError(f"attack {attack.name}: rebuilding its poisoned set needs the clean model, but "
-                             f"{attack_run.run_dir}/record.json names no clean_run")
-        clean = TrainedModel(*rundir.load_model(Path(clean_run).expanduser()))
+        clean = TrainedModel(*rundir.load_model(clean_run_dir(attack_run.run_dir, attack_run.record)))
         poisoned, indices = attack.poison(train, config, trigger, clean_model=clean, mesh=mesh)
     else:
         poisoned, indices = attack.poison(train, config, trigger)

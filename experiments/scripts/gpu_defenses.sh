@@ -87,7 +87,6 @@ while read -r a d; do
   [ -n "$a" ] || continue
   out=$R/m_${a}_$d; mkdir -p $out/teachers
   cp -r $TEACHERS/*-$a-s0 $out/teachers/; cp -r $TEACHERS/*-clean-s0 $out/teachers/ 2>/dev/null
-  gpu_point_clean_runs "$out/teachers"  # LC's PBE rebuilds its poisoned set with the clean model
   run "${a}_$d" $PY -m experiments.run --config $CFG --config.out=$out "--config.attacks=('$a',)" \
       "--config.defenses=('$d',)" --config.archive=$R/archive_${a}_$d &
 done < "$CELLS"

@@ -42,19 +42,3 @@ gpu_print_records() {
     $PY -c "import json,sys; r=json.load(open(sys.argv[1])); m=r.get('metrics',{}); print(sys.argv[1].split('/')[2], r.get('status'), r.get('versions',{}).get('backend'), m.get('test_acc'), m.get('asr'))" "$f"
   done
 }
-
-# A teacher made with a clean model (LC, TrojanNN) records it as `clean_run`, a path on the machine
-# that trained it; PBE rebuilds LC's poisoned set with that model. Points every record.json under
-# the teachers folder $1 at the clean model of the same name in $1, where there is one.
-gpu_point_clean_runs() {
-  ${PY:-python3} -c "
-import json, pathlib, sys
-for rec in pathlib.Path(sys.argv[1]).glob('*/record.json'):
-    r = json.loads(rec.read_text())
-    here = rec.parent.parent / pathlib.Path(r.get('clean_run') or '-').name
-    if r.get('clean_run') and here.is_dir() and r['clean_run'] != str(here):
-        r['clean_run'] = str(here)
-        rec.write_text(json.dumps(r, indent=2))
-        print('clean_run of', rec.parent.name, '->', here)
-" "$1"
-}

@@ -25,10 +25,10 @@ if [ "${1:-}" = prepare ]; then
 fi
 if [ "${1:-}" = install ]; then
   # Unpacks the teachers into the CPU matrix's run folder; an existing teacher there is kept.
-  # Caveat: an LC or TrojanNN teacher was made with the GPU's clean model (in the same archive); if
-  # this machine has a clean model of its own, that one is kept, and PBE's rebuild of LC's
-  # poisoned set will then differ from the attack's and fail (InputError): move the local clean
-  # model away first in that case.
+  # Caveat: an LC or TrojanNN teacher was made with the GPU's clean model (in the same archive; PBE
+  # finds it beside the teacher, experiments.defenses.pbe.clean_run_dir); if this machine has a
+  # clean model of its own, that one is kept, and PBE's rebuild of LC's poisoned set will then
+  # differ from the attack's and fail (InputError): move the local clean model away first then.
   set -e
   M=${M:-$HOME/runs/matrix_cifar10_cpu}/teachers; T=$(mktemp -d); mkdir -p "$M"
   for f in "$2"/teachers_*.tgz; do tar xzf "$f" -C "$T"; done
@@ -36,7 +36,6 @@ if [ "${1:-}" = install ]; then
     n=$(basename "$d")
     if [ -e "$M/$n" ]; then echo "kept the existing $M/$n"; else cp -r "$d" "$M/$n" && echo "installed $n"; fi
   done
-  gpu_point_clean_runs "$M"
   exit 0
 fi
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
