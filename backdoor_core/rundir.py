@@ -79,21 +79,30 @@ def truncate_history(run_dir: Path, max_step: int) -> None:
     os.replace(tmp, path)
 
 
-def config_mismatch(old: dict, new: dict, prefix: str = "", *, subset: bool = False) -> str | None:
+def config_mismatch(old: dict, new: dict, prefix: str = "", *, subset: bool = False,
+                    defaults: dict | None = None) -> str | None:
     """Describes the first setting that differs between two JSON-like records, or None.
 
     Nested dicts are compared key by key, so the message names the innermost differing key as a
     dotted path ("defense.dhbe.balance_weight: was 0.0, now 1.0"; a missing key shows as None).
     subset: compare only `new`'s keys and skip its None values (`old` may hold more, e.g. what a
     run derived from its data).
+    defaults: a record of the same shape holding each setting's default. A key absent from `old`
+    whose value in `new` equals its default is no difference: the project's convention is that a
+    new option's default is the old behaviour, so a record written before the option existed
+    describes the same run.
     """
     old, new = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
+    defaults = json.loads(json.dumps(defaults, default=str)) if isinstance(defaults, dict) else {}
     for key in sorted(new) if subset else sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if a == b or (subset and b is None):
             continue
+        if key not in old and key in defaults and b == defaults[key]:
+            continue  # an option added after `old` was recorded, left at its default
         if isinstance(a, dict) and isinstance(b, dict):
-            found = config_mismatch(a, b, f"{prefix}{key}.", subset=subset)
+            sub_defaults = defaults.get(key) if isinstance(defaults.get(key), dict) else None
+            found = config_mismatch(a, b, f"{prefix}{key}.", subset=subset, defaults=sub_defaults)
             if found:
                 return found
             continue  # only in subset mode: the differing keys are ones `new` does not set

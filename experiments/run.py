@@ -14,7 +14,8 @@ change; dataset images, so keep it out of public repositories where the data's l
 so). Every cell is an ordinary run directory, so a cell that already finished is reused (and a
 half-finished one resumes) when the matrix runs again - unless it is a defense cell that
 finished with another configuration than the matrix's (its defense config changed since): that
-cell is reported as `stale` and left untouched; a cell that fails is reported in cells.jsonl and
+cell is reported as `stale` and left untouched (a setting its record lacks, an option added
+since, counts as unchanged while it is left at its default); a cell that fails is reported in cells.jsonl and
 results.md, and the matrix goes on (its dependants are skipped).
 Several matrix processes may share one `out` (one per GPU, or a teachers-only run beside a
 defenses run): each cell is locked while it runs (`experiments.cell_lock`, out/.locks/), a cell
@@ -157,7 +158,7 @@ def archive_cell(run_dir: Path, dest: Path, cell_row: dict) -> bool:
         path = run_dir / name
         if path.is_file() and (name in (rundir.RECORD, rundir.HISTORY) or path.stat().st_size <= ARCHIVE_MAX_BYTES):
             files[name] = path.read_bytes()
-    keep = {k: v for k, v in cell_row.items() if k in ("status", "seconds", "time_incomplete")}
+    keep = {k: v for k, v in cell_row.items() if k in ("status", "seconds") or (k == "time_incomplete" and v)}
     files[ARCHIVE_CELL] = (json.dumps(keep, sort_keys=True) + "\n").encode()
     if dest.is_dir() and {p.name for p in dest.iterdir()} == set(files) and all(
             (dest / name).read_bytes() == data for name, data in files.items()):
@@ -210,13 +211,15 @@ class Matrix:
         return self.archive / run_dir.relative_to(self.out) if self.archive is not None else None
 
     def finished(self, run_dir: Path, expected_config: dict | None = None, expected_subset: dict | None = None,
-                 archived_ok: bool = True) -> dict | None:
+                 archived_ok: bool = True, defaults: dict | None = None) -> dict | None:
         """The row of a cell that needs no run: run_dir finished ('complete', reused; copied into the
         archive if there is one), else, with archived_ok, its archived copy finished ('complete',
         `archived`); either is 'stale' instead when its record's `config` differs from
         `expected_config` or disagrees with a setting of `expected_subset`
-        (`rundir.config_mismatch(..., subset=True)`): neither reused nor overwritten. None if the
-        cell has to run."""
+        (`rundir.config_mismatch(..., subset=True)`): neither reused nor overwritten. A setting the
+        record lacks counts as equal when the expected value is its default in `defaults` (a record
+        of the same shape): options added after a cell ran, left at their defaults, keep it. None
+        if the cell has to run."""
         key = str(run_dir)
         archived = self.archived(run_dir)
         for source in (run_dir, archived if archived_ok else None):
@@ -225,9 +228,10 @@ class Matrix:
             recorded = rundir.read_record(source).get("config", {})
             diff = None
             if expected_config is not None:
-                diff = rundir.config_mismatch(settings_only(recorded), settings_only(expected_config))
+                diff = rundir.config_mismatch(settings_only(recorded), settings_only(expected_config),
+                                              defaults=settings_only(defaults) if defaults else None)
             if diff is None and expected_subset is not None:
-                diff = rundir.config_mismatch(recorded, expected_subset, subset=True)
+                diff = rundir.config_mismatch(recorded, expected_subset, subset=True, defaults=defaults)
             if diff:
                 return {"run": str(source), "status": "stale",
                         "error": f"finished with another configuration ({diff}); move it away to rerun"}
@@ -244,11 +248,11 @@ class Matrix:
         return None
 
     def cell(self, run_dir: Path, fn, expected_config: dict | None = None, expected_subset: dict | None = None,
-             archived_ok: bool = True) -> dict:
+             archived_ok: bool = True, defaults: dict | None = None) -> dict:
         """Runs fn() unless the cell is finished (`finished`); logs and returns {'run', 'status',
         'seconds', 'error'}; a cell that finishes here is copied into the archive if there is one."""
         key = str(run_dir)
-        done = self.finished(run_dir, expected_config, expected_subset, archived_ok)
+        done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults)
         if done is not None:
             return done
         if self.cfg.get("reuse_only"):
@@ -262,7 +266,7 @@ class Matrix:
                     "error": f"another process runs it (pid {holder.get('pid')} on {holder.get('host')}, lock {lock})"}
         try:
             # The cell may have finished in another process between the check above and the lock.
-            done = self.finished(run_dir, expected_config, expected_subset, archived_ok)
+            done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults)
             return done if done is not None else self.run_cell(run_dir, fn)
         finally:
             unlock(lock)
@@ -313,6 +317,16 @@ class Matrix:
         apply_overrides(cfg, self.cfg.attack_overrides.get(attack))
         return cfg
 
+    def teacher_defaults(self, dataset: str, attack: str) -> dict | None:
+        """What a teacher's record `config` holds for `attack` under the dataset's attack config
+        file left at its defaults (no matrix overrides): the `defaults` of the stale check."""
+        cfg = load_config(self.cfg.datasets[dataset].attack_config)
+        cfg.attack = attack
+        try:
+            return teacher_settings(cfg)
+        except InputError:
+            return None
+
     def defense_config(self, defense: str, seed: int = 0):
         """The defense's config (its variant: `defense_variants[defense]` if the matrix names one,
         else `variant`; then the matrix seed, then the matrix's overrides)."""
@@ -323,7 +337,7 @@ class Matrix:
     def run(self) -> list[dict]:
         """Runs (or reuses) every cell; returns the result rows."""
         from experiments.attack import run_attack
-        from experiments.erase import erase_run, recorded_config
+        from experiments.erase import default_config, erase_run, recorded_config
         from experiments.train import train_clean
 
         plan = [(d, m.name, float(m.width), a, int(s)) for d in self.cfg.datasets for m in self.cfg.models
@@ -341,11 +355,14 @@ class Matrix:
                     expected = {"defense": recorded_config(dcfg)}
                 except InputError as e:
                     dcfg, expected = e, None
-                defense_cells.append((defense, self.out / "defenses" / f"{teacher_dir.name}-{defense}", dcfg, expected))
+                defaults = {"defense": recorded_config(default_config(defense))}
+                defense_cells.append((defense, self.out / "defenses" / f"{teacher_dir.name}-{defense}", dcfg,
+                                      expected, defaults))
             # An archived teacher (no checkpoint) serves only while no defense cell has to run.
             teacher_archived_ok = bool(self.cfg.get("reuse_only")) or all(
-                expected is None or self.finished(ddir, expected_config=expected) is not None
-                for _, ddir, _, expected in defense_cells)
+                expected is None or self.finished(ddir, expected_config=expected, defaults=defaults) is not None
+                for _, ddir, _, expected, defaults in defense_cells)
+            teacher_defaults = self.teacher_defaults(dataset, attack)
             clean_run = None
             try:
                 tcfg = self.teacher_config(dataset, model, width, attack, seed, None)
@@ -365,9 +382,10 @@ class Matrix:
                     clean_expected = None
                 # The clean model matters only to a teacher that has to be trained.
                 clean_archived_ok = expected_teacher is not None and self.finished(
-                    teacher_dir, expected_subset=expected_teacher, archived_ok=teacher_archived_ok) is not None
+                    teacher_dir, expected_subset=expected_teacher, archived_ok=teacher_archived_ok,
+                    defaults=teacher_defaults) is not None
                 self.cell(clean_dir, lambda: train_clean(clean_cfg), expected_subset=clean_expected,
-                          archived_ok=clean_archived_ok)
+                          archived_ok=clean_archived_ok, defaults=teacher_defaults)
                 clean_run = str(clean_dir)
                 if not isinstance(tcfg, InputError):
                     tcfg.clean_run = clean_run
@@ -376,12 +394,12 @@ class Matrix:
             else:
                 try:
                     teacher = self.cell(teacher_dir, lambda: run_attack(tcfg), expected_subset=expected_teacher,
-                                        archived_ok=teacher_archived_ok)
+                                        archived_ok=teacher_archived_ok, defaults=teacher_defaults)
                 except InputError as e:
                     teacher = {"run": str(teacher_dir), "status": "failed", "error": str(e)}
             rows.append(self.result_row(ids, "none", teacher))
             bar.update(1)
-            for defense, defense_dir, dcfg, expected in defense_cells:
+            for defense, defense_dir, dcfg, expected, defaults in defense_cells:
                 if isinstance(dcfg, InputError):
                     outcome = {"run": str(defense_dir), "status": "failed", "error": str(dcfg)}
                 elif teacher["status"] != "complete":
@@ -390,7 +408,7 @@ class Matrix:
                     try:
                         outcome = self.cell(defense_dir, lambda: erase_run(defense, str(teacher_dir), dcfg,
                                                                            str(defense_dir)),
-                                            expected_config=expected)
+                                            expected_config=expected, defaults=defaults)
                     except InputError as e:
                         outcome = {"run": str(defense_dir), "status": "failed", "error": str(e)}
                 rows.append(self.result_row(ids, defense, outcome))

@@ -76,6 +76,31 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     assert "stale: finished with another configuration" in (out / "results.md").read_text()
     del tiny_matrix.defense_overrides.clp["clp"]
 
+    # A cell recorded before an option existed (here: its record lacks CLP's `u`) is the same cell
+    # while the option is left at its default, and stale once it is set to something else.
+    # The same for a teacher's attack parameter. (FT left out: its failing cell would run again.)
+    def drop_setting(run, *keys):
+        record_path = out / run / "record.json"
+        record = json.loads(record_path.read_text())
+        section = record["config"]
+        for key in keys[:-1]:
+            section = section[key]
+        del section[keys[-1]]
+        record_path.write_text(json.dumps(record))
+
+    drop_setting("defenses/digits-small_cnn-badnets-s0-clp", "defense", "clp", "u")
+    drop_setting("teachers/digits-small_cnn-badnets-s0", "attack", "params", "size")
+    tiny_matrix.defenses = ("clp",)
+    assert [r["status"] for r in run_matrix(tiny_matrix)] == ["complete", "complete"]
+    tiny_matrix.defense_overrides.clp.clp = dict(u=2.0)
+    assert "defense.clp.u: was None, now 2.0" in run_matrix(tiny_matrix)[1]["error"]
+    del tiny_matrix.defense_overrides.clp["clp"]
+    tiny_matrix.attack_overrides = ml_collections.ConfigDict({"badnets": dict(params=dict(badnets=dict(size=4)))})
+    assert "attack.params.size: was None, now 4" in run_matrix(tiny_matrix)[0]["error"]
+    tiny_matrix.attack_overrides = ml_collections.ConfigDict()
+    tiny_matrix.defenses = ("clp", "ft")
+    assert len(read_cells(out)) == 5
+
     # The teacher's attack changed (here its poison ratio): the finished teacher is stale too,
     # not reused, and its defenses wait for a teacher with today's settings.
     tiny_matrix.attack_overrides = ml_collections.ConfigDict({"badnets": dict(poison_ratio=0.2)})
