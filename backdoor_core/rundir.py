@@ -121,11 +121,13 @@ def has_saved_state(run_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def open_run(run_dir: Path, record: dict):
+def open_run(run_dir: Path, record: dict, defaults: dict | None = None):
     """Creates or resumes a run directory; yields (path, resuming).
 
     A new directory gets `record` (status "running"). An existing one is resumed only if it is
-    unfinished and its record's `config` equals `record['config']`; a finished run is never
+    unfinished and its record's `config` equals `record['config']` (a setting the old record
+    lacks counts as equal when it has its value in `defaults`, a record-shaped `config` of
+    defaults: see `config_mismatch`); a finished run is never
     overwritten. If the body fails before the run saved anything (no checkpoint, no model), a
     directory created here is removed, so a failed start leaves nothing behind.
     """
@@ -140,7 +142,7 @@ def open_run(run_dir: Path, record: dict):
             old = read_record(run_dir)
             if old.get("status") == "complete":
                 raise InputError(f"{run_dir} holds a finished run; nothing is overwritten: choose a new output directory")
-            diff = config_mismatch(old.get("config", {}), record.get("config", {}))
+            diff = config_mismatch(old.get("config", {}), record.get("config", {}), defaults=defaults)
             if diff:
                 raise InputError(f"{run_dir} holds an unfinished run with another configuration ({diff}); "
                                  "resume it with the same settings or choose a new output directory")

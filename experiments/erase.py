@@ -47,7 +47,8 @@ def erase_run(defense: str, run: str, cfg=None, out: str | None = None) -> dict:
               "model": attack_run.spec.to_dict(), "dataset": attack_run.record.get("dataset"),
               "dataset_source": attack_run.dataset_source, "attack": attack_run.record.get("attack"),
               "teacher_metrics": attack_run.teacher_metrics, "config": {"defense": recorded_config(cfg)}}
-    with rundir.open_run(out_dir, record) as (out_dir, _):
+    defaults = {"defense": recorded_config(default_config(defense))}  # options added since an old attempt
+    with rundir.open_run(out_dir, record, defaults) as (out_dir, _):
         metrics = defense_fn(cfg, attack_run, out_dir, mesh)
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"{defense}: {out_dir}  {shown or metrics}")

@@ -129,6 +129,29 @@ def test_resume_with_other_settings_is_refused(mnist_subset, mesh1, tmp_path):
         fit(spec, train, dataclasses.replace(TINY, learning_rate=0.5), tmp_path / "run", mesh=mesh1, progress=False)
 
 
+def test_a_setting_added_since_an_attempt_resumes_at_its_default_and_is_refused_otherwise(tmp_path):
+    """An unfinished run recorded before an option existed resumes while the option is at its
+    default (the old behaviour); with another value it is another configuration."""
+    old = {"config": {"defense": {"lam": 0.1}}}
+    with rundir.open_run(tmp_path / "run", old) as (path, resuming):
+        (path / rundir.CHECKPOINTS / "1").mkdir(parents=True)  # something saved: the run stays
+    assert not resuming
+    new = {"config": {"defense": {"lam": 0.1, "family": "patch"}}}
+    defaults = {"defense": {"lam": 0.1, "family": "patch"}}
+    with rundir.open_run(tmp_path / "run", new, defaults) as (_, resuming):
+        assert resuming
+    other = {"config": {"defense": {"lam": 0.1, "family": "warp"}}}
+    with pytest.raises(InputError, match="defense.family: was None, now 'warp'"):
+        with rundir.open_run(tmp_path / "run", other, defaults):
+            pass
+    with pytest.raises(InputError, match="defense.family: was None, now 'patch'"):  # no defaults: strict
+        with rundir.open_run(tmp_path / "run", new):
+            pass
+    changed = {"config": {"defense": {"lam": 0.5, "family": "patch"}}}  # a recorded setting changed
+    assert rundir.config_mismatch(old["config"], changed["config"], defaults=defaults) == \
+        "defense.lam: was 0.1, now 0.5"
+
+
 def test_failed_start_leaves_no_run_directory(mnist_subset, mesh1, mesh4, tmp_path):
     train = mixed(mnist_subset[0], 64)
     spec = small_spec(train)
