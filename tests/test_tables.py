@@ -52,3 +52,21 @@ def test_unroll_switch_env_override(monkeypatch, forced, expected):
 def test_unroll_on_cpu_by_default(monkeypatch):
     monkeypatch.delenv("BACKDOOR_UNROLL", raising=False)
     assert unroll_loops() is True  # the tests run on XLA:CPU
+
+
+def test_refresh_script_swaps_the_readme_grid_for_the_new_one_without_id_columns():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "experiments" / "scripts" / "refresh_archive_docs.py"
+    spec = importlib.util.spec_from_file_location("refresh_archive_docs", path)
+    refresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(refresh)
+    results = ("intro\n\n| dataset | model | seed | attack | none | dhbe |\n|---|---|---|---|---|---|\n"
+               "| cifar10 | m x0.25 | 0 | sig | 83.9 / 81.4 | 79.9 / 84.1 |\n")
+    grid = refresh.grid_without_ids(results)
+    assert grid == "| attack | none | dhbe |\n|---|---|---|\n| sig | 83.9 / 81.4 | 79.9 / 84.1 |"
+    readme = "text\n\n| attack | none | dhbe |\n|---|---|---|\n| sig | - | - |\n\nafter\n"
+    assert refresh.replace_grid(readme, grid) == f"text\n\n{grid}\n\nafter\n"
+    with pytest.raises(SystemExit, match="no line starting"):
+        refresh.replace_grid("no grid here\n", grid)
