@@ -62,7 +62,9 @@ def test_refresh_script_swaps_the_readme_grid_for_the_new_one_without_id_columns
     spec = importlib.util.spec_from_file_location("refresh_archive_docs", path)
     refresh = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(refresh)
-    results = ("intro\n\n| dataset | model | seed | attack | none | dhbe |\n|---|---|---|---|---|---|\n"
+    results = ("| dataset | model | seed | attack | defense | status |\n|---|---|---|---|---|---|\n"
+               "| cifar10 | m x0.25 | 0 | sig | none | complete |\n\n## At a glance\n\n"
+               "| dataset | model | seed | attack | none | dhbe |\n|---|---|---|---|---|---|\n"
                "| cifar10 | m x0.25 | 0 | sig | 83.9 / 81.4 | 79.9 / 84.1 |\n")
     grid = refresh.grid_without_ids(results)
     assert grid == "| attack | none | dhbe |\n|---|---|---|\n| sig | 83.9 / 81.4 | 79.9 / 84.1 |"

@@ -26,8 +26,9 @@ COPIES = {"results.md": "matrix_archive_results.md", "plots/asr_cacc.png": "matr
 
 
 def grid_without_ids(results_md: str) -> str:
-    """The 'At a glance' grid of a matrix results.md with its dataset, model and seed columns dropped."""
-    start = results_md.index("| dataset | model | seed | attack |")
+    """The 'At a glance' grid of a matrix results.md (its last table; the full table comes first)
+    with its dataset, model and seed columns dropped."""
+    start = results_md.rindex("| dataset | model | seed | attack |")
     lines = results_md[start:].strip().splitlines()
     lines = lines[:next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))]
     return "\n".join("|" + "|".join(line.strip("|").split("|")[3:]) + "|" for line in lines)
