@@ -47,8 +47,7 @@ def erase_run(defense: str, run: str, cfg=None, out: str | None = None) -> dict:
               "model": attack_run.spec.to_dict(), "dataset": attack_run.record.get("dataset"),
               "dataset_source": attack_run.dataset_source, "attack": attack_run.record.get("attack"),
               "teacher_metrics": attack_run.teacher_metrics, "config": {"defense": recorded_config(cfg)}}
-    defaults = {"defense": recorded_config(default_config(defense))}  # options added since an old attempt
-    with rundir.open_run(out_dir, record, defaults) as (out_dir, _):
+    with rundir.open_run(out_dir, record, recorded_defaults(defense)) as (out_dir, _):
         metrics = defense_fn(cfg, attack_run, out_dir, mesh)
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"{defense}: {out_dir}  {shown or metrics}")
@@ -61,6 +60,12 @@ def recorded_config(cfg) -> dict:
     settings = cfg.to_dict()
     settings.pop("stop_after", None)
     return settings
+
+
+def recorded_defaults(defense: str) -> dict:
+    """The record `config` of the defense's default config: what a setting an old record lacks
+    (an option added since) is compared with when a run resumes or a matrix cell is reused."""
+    return {"defense": recorded_config(default_config(defense))}
 
 
 def main():

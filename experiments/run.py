@@ -337,7 +337,7 @@ class Matrix:
     def run(self) -> list[dict]:
         """Runs (or reuses) every cell; returns the result rows."""
         from experiments.attack import run_attack
-        from experiments.erase import default_config, erase_run, recorded_config
+        from experiments.erase import erase_run, recorded_config, recorded_defaults
         from experiments.train import train_clean
 
         plan = [(d, m.name, float(m.width), a, int(s)) for d in self.cfg.datasets for m in self.cfg.models
@@ -355,7 +355,7 @@ class Matrix:
                     expected = {"defense": recorded_config(dcfg)}
                 except InputError as e:
                     dcfg, expected = e, None
-                defaults = {"defense": recorded_config(default_config(defense))}
+                defaults = recorded_defaults(defense)
                 defense_cells.append((defense, self.out / "defenses" / f"{teacher_dir.name}-{defense}", dcfg,
                                       expected, defaults))
             # An archived teacher (no checkpoint) serves only while no defense cell has to run.
