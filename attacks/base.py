@@ -135,7 +135,9 @@ class Attack:
       param_defaults: overrides of params_type's defaults for this registered variant
         (e.g. badnets_checker = BadNets with a checkerboard).
       clean_label: poison only target-class images and keep their labels (SIG, LC).
-      needs_clean_model: build_trigger requires a clean trained model (TrojanNN, LC).
+      needs_clean_model: build_trigger requires a clean trained model (TrojanNN, LC, LF).
+      poison_needs_clean_model: `poison` requires it too, so rebuilding the poisoned set needs the
+        clean model the attack was made with (LC hardens its images with PGD on it).
       on_the_fly: poisoning happens per batch through `batch_transform` (WaNet).
       custom_training: training is replaced by `train_backdoored` (IAD).
     """
@@ -145,6 +147,7 @@ class Attack:
     param_defaults: Mapping[str, Any] = {}
     clean_label: bool = False
     needs_clean_model: bool = False
+    poison_needs_clean_model: bool = False
     on_the_fly: bool = False
     custom_training: bool = False
 

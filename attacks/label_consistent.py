@@ -112,6 +112,7 @@ class LabelConsistent(Attack):
     params_type = LCParams
     clean_label = True
     needs_clean_model = True
+    poison_needs_clean_model = True
 
     def validate(self, config: AttackConfig, params: LCParams, image_shape, num_classes) -> None:
         super().validate(config, params, image_shape, num_classes)

@@ -223,3 +223,37 @@ def test_the_clean_model_of_a_moved_attack_run_is_found_beside_it(tmp_path):
         clean_run_dir(run, {"clean_run": "/elsewhere/cifar10-m-clean-s1"})
     with pytest.raises(InputError, match="names no clean_run"):
         clean_run_dir(run, {})
+
+
+def test_an_lc_teachers_poisoned_set_is_rebuilt_with_its_clean_model(tmp_path, mnist_subset, clean_digits_fit):
+    """PBE's defender holds LC's poisoned training set: it is rebuilt (PGD-hardened target images
+    plus corners) with the clean model the record names, equal to the attack's own; a record whose
+    clean model is missing gives one clear error. (The matrix's LC PBE cell failed before: the
+    rebuild passed no clean model.)"""
+    from types import SimpleNamespace
+
+    from attacks.label_consistent import LABEL_CONSISTENT
+    from attacks.base import TrainedModel
+    from backdoor_core import rundir
+    from experiments.defenses.pbe import poisoned_training_set
+
+    train, test = mnist_subset
+    train = train.subset(np.random.default_rng(1).permutation(len(train))[:300])
+    source = tmp_path / "digits.npz"
+    np.savez(source, x_train=train.images, y_train=train.labels, x_test=test.images[:10], y_test=test.labels[:10])
+    config = AttackConfig(name="lc", target=2, poison_ratio=0.5, ratio_of="target_class",
+                          params={"steps": 2, "batch_size": 32})
+    trigger = LABEL_CONSISTENT.build_trigger(config, LABEL_CONSISTENT.params(config), train, jax.random.PRNGKey(0))
+    clean_dir = clean_digits_fit[2]
+    expected, indices = LABEL_CONSISTENT.poison(train, config, trigger,
+                                                clean_model=TrainedModel(*rundir.load_model(clean_dir)))
+    run = SimpleNamespace(run_dir=tmp_path / "teachers" / "lc", record={"clean_run": str(clean_dir)}, attack=config,
+                          trigger=trigger, dataset_source=str(source), poisoned_indices=indices)
+
+    poisoned, got, how = poisoned_training_set(run)
+    assert how.startswith("rebuilt") and len(got) == int(0.5 * np.sum(train.labels == 2) + 0.5)
+    np.testing.assert_array_equal(got, indices)
+    np.testing.assert_array_equal(poisoned.images, expected.images)
+    assert np.any(poisoned.images[got] != train.images[got])
+    with pytest.raises(InputError, match="clean model of"):
+        poisoned_training_set(SimpleNamespace(**{**vars(run), "record": {"clean_run": "/gone/clean"}}))

@@ -74,14 +74,13 @@ def poisoned_training_set(attack_run: AttackRun, mesh=None) -> tuple[Split, np.n
     """(poisoned training split, its poisoned indices, how it was obtained) for PBE's defender."""
     train, _ = load_dataset(attack_run.dataset_source)
     attack, config, trigger = get_attack(attack_run.attack.name), attack_run.attack, attack_run.trigger
-    if attack.on_the_fly or (attack.custom_training and not attack.needs_clean_model):
+    if attack.on_the_fly or attack.custom_training:
         poisoned, indices = poison_split(train, config, trigger, clean_label=attack.clean_label)
         return poisoned, indices, "materialised: trained trigger on poison_ratio of the images (attack poisons per batch)"
-    if attack.custom_training:  # LC: its static poisoning needs the clean model it was built with
+    clean = None
+    if attack.poison_needs_clean_model:  # LC: its static poisoning needs the clean model it was built with
         clean = TrainedModel(*rundir.load_model(clean_run_dir(attack_run.run_dir, attack_run.record)))
-        poisoned, indices = attack.poison(train, config, trigger, clean_model=clean, mesh=mesh)
-    else:
-        poisoned, indices = attack.poison(train, config, trigger)
+    poisoned, indices = attack.poison(train, config, trigger, clean_model=clean, mesh=mesh)
     if attack_run.poisoned_indices is not None and not np.array_equal(indices, attack_run.poisoned_indices):
         raise InputError(f"the poisoned training set rebuilt for {attack_run.run_dir} differs from the attack's "
                          f"({len(indices)} vs {len(attack_run.poisoned_indices)} poisoned images); "
