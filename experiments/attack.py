@@ -2,6 +2,7 @@
 
   python -m experiments.attack --config experiments/configs/attack_base.py \
       --config.attack=badnets --config.dataset=SOURCE --config.model=NAME [--config.out=DIR]
+  python -m experiments.attack --attack badnets --dataset SOURCE --model NAME [--out DIR]   # the same
 
 Writes a run directory: record.json (with the attack under 'attack'), history.jsonl (test_acc,
 asr, asr_strict, ra per epoch), checkpoints/, model/, trigger.npz + trigger.json,
@@ -11,6 +12,7 @@ with the model's predictions). Bad settings stop with one line before anything i
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from backdoor_core.errors import InputError
 from backdoor_core.models import MODELS
 from backdoor_core.sharding import make_mesh
 from backdoor_core.train import TrainConfig, predict
-from experiments.common import dataclass_from_config, output_dir, run_cli
+from experiments.common import apply_shorthands, dataclass_from_config, define_shorthands, output_dir, run_cli
 
 EXAMPLES = "examples.png"
 
@@ -94,7 +96,9 @@ def run_attack(cfg) -> BackdoorResult:
 def main():
     """Parses --config (defined here, not at import, so entry points can be imported together)."""
     config = config_flags.DEFINE_config_file("config", "experiments/configs/attack_base.py", "attack config file")
-    app.run(lambda argv: run_cli(lambda: run_attack(config.value)))
+    short = define_shorthands(("attack", "dataset", "model", "width", "out", "clean_run"))
+    app.run(lambda argv: run_cli(lambda: run_attack(
+        apply_shorthands(config.value, {k: v.value for k, v in short.items()}, sys.argv))))
 
 
 if __name__ == "__main__":

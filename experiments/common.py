@@ -22,6 +22,40 @@ def dataclass_from_config(cls, cfg) -> object:
     return cls(**values)
 
 
+# Short flags of `experiments.attack` and `experiments.train`: `--attack NAME` is
+# `--config.attack=NAME`, and so on (the issue's and BackdoorBench's spelling of the command).
+SHORTHANDS = {"attack": "the attack to train with", "dataset": "dataset source (folder, .tar.gz or .npz)",
+              "model": "model registry name", "width": "width multiplier", "out": "output run directory",
+              "clean_run": "run directory of a clean model (TrojanNN, LC, LF)"}
+
+
+def define_shorthands(names) -> dict:
+    """Defines the absl flags `--NAME` for `names` (keys of SHORTHANDS); {name: flag holder}."""
+    from absl import flags
+
+    return {name: flags.DEFINE_string(name, None, f"{SHORTHANDS[name]}; the same as --config.{name}")
+            for name in names}
+
+
+def apply_shorthands(cfg, values: dict, argv) -> object:
+    """cfg with each given shorthand (`values`: name -> string or None) written to cfg.<name>,
+    converted to the type of the config's value. A shorthand also given as `--config.<name>` in
+    `argv` with another value is an InputError: which one was meant is not for us to guess."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        current = cfg[name]
+        try:
+            value = float(value) if isinstance(current, float) else value
+        except ValueError:
+            raise InputError(f"--{name}={value!r}; expected a number") from None
+        given = any(a == f"--config.{name}" or a.startswith(f"--config.{name}=") for a in argv)
+        if given and current != value:
+            raise InputError(f"--{name}={value} and --config.{name}={current} disagree; give one of them")
+        cfg[name] = value
+    return cfg
+
+
 def output_dir(path: str) -> Path:
     """An output path with ~ expanded."""
     return Path(path).expanduser()

@@ -2,12 +2,15 @@
 
   python -m experiments.train --config experiments/configs/train_mnist.py \
       [--config.dataset=SOURCE] [--config.model=NAME] [--config.train.epochs=N] [--config.out=DIR]
+  (--dataset, --model, --width and --out are short for --config.dataset and so on)
 
 Writes a run directory (record.json, history.jsonl, checkpoints/, model/). Running the same
 command again resumes an unfinished run; a finished one is never overwritten.
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import app
 from ml_collections import config_flags
@@ -18,7 +21,7 @@ from backdoor_core.fit import FitResult, fit
 from backdoor_core.models import MODELS, build_model, spec_for_data
 from backdoor_core.sharding import make_mesh
 from backdoor_core.train import TrainConfig, clean_eval_fn
-from experiments.common import dataclass_from_config, output_dir, run_cli
+from experiments.common import apply_shorthands, dataclass_from_config, define_shorthands, output_dir, run_cli
 
 
 def train_clean(cfg) -> FitResult:
@@ -42,7 +45,9 @@ def train_clean(cfg) -> FitResult:
 def main():
     """Parses --config (defined here, not at import, so entry points can be imported together)."""
     config = config_flags.DEFINE_config_file("config", "experiments/configs/train_base.py", "training config file")
-    app.run(lambda argv: run_cli(lambda: train_clean(config.value)))
+    short = define_shorthands(("dataset", "model", "width", "out"))
+    app.run(lambda argv: run_cli(lambda: train_clean(
+        apply_shorthands(config.value, {k: v.value for k, v in short.items()}, sys.argv))))
 
 
 if __name__ == "__main__":

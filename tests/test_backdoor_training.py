@@ -109,6 +109,33 @@ def test_cli_error_is_one_line(tmp_path):
     assert not out.exists()
 
 
+def test_short_flags_are_the_config_fields(tmp_path):
+    """`--attack X --out D` means `--config.attack=X --config.out=D`; a shorthand that disagrees
+    with the same field given as --config.* is refused; the CLI takes them (one-line error)."""
+    from experiments.common import apply_shorthands
+    from experiments.configs import attack_base
+
+    def parsed(**fields):  # a config as config_flags hands it over after applying --config.* flags
+        cfg = attack_base.get_config()
+        cfg.update(fields)
+        return cfg
+
+    cfg = apply_shorthands(parsed(attack="blended"), {"attack": "blended", "width": "0.5", "model": None,
+                                                      "clean_run": "/r/clean"}, ["prog", "--config.attack=blended"])
+    assert (cfg.attack, cfg.width, cfg.model, cfg.clean_run) == ("blended", 0.5, "small_cnn", "/r/clean")
+    assert apply_shorthands(parsed(), {"attack": "sig"}, ["prog"]).attack == "sig"
+    with pytest.raises(InputError, match="--attack=sig and --config.attack=blended disagree"):
+        apply_shorthands(parsed(attack="blended"), {"attack": "sig"}, ["prog", "--config.attack", "blended"])
+    with pytest.raises(InputError, match="expected a number"):
+        apply_shorthands(attack_base.get_config(), {"width": "wide"}, ["prog"])
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "experiments.attack", "--attack", "nope", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "error: unknown attack 'nope'" in proc.stderr and not out.exists()
+
+
 def test_config_files_load():
     from experiments.configs import attack_cifar10
 
