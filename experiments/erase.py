@@ -21,25 +21,22 @@ from backdoor_core import rundir
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import make_mesh
 from experiments.common import output_dir, run_cli
-from experiments.defenses import DEFENSES
+from experiments.defenses import DEFENSES, config_module, defense_function
 from experiments.defenses.common import load_attack_run
 
 
 def default_config(defense: str):
-    """The `paper` variant of experiments/configs/erase_<defense>.py (DFAD shares DHBE's)."""
-    module = importlib.import_module(f"experiments.configs.erase_{'dhbe' if defense == 'dfad' else defense}")
-    return module.get_config("paper")
+    """The `paper` variant of the defense's config module (experiments/configs/erase_<defense>.py;
+    DFAD shares DHBE's; a plugin defense's own module)."""
+    return importlib.import_module(config_module(defense)).get_config("paper")
 
 
 def erase_run(defense: str, run: str, cfg=None, out: str | None = None) -> dict:
     """Loads the attack run, opens the defense's run directory and runs the defense."""
-    if defense not in DEFENSES:
-        raise InputError(f"unknown defense {defense!r}; expected one of {', '.join(DEFENSES)}")
+    defense_fn = defense_function(defense)
     if not run:
         raise InputError("no --run given; expected the directory of a finished attack run")
     cfg = cfg if cfg is not None else default_config(defense)
-    module_name, function = DEFENSES[defense].split(":")
-    defense_fn = getattr(importlib.import_module(module_name), function)
     attack_run = load_attack_run(output_dir(run))
     out_dir = output_dir(out) if out else Path(str(attack_run.run_dir) + f"-{defense}")
     mesh = make_mesh(cfg.get("num_devices"))

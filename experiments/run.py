@@ -58,6 +58,7 @@ from backdoor_core.errors import InputError
 from backdoor_core.interrupt import stop_requested
 from experiments.cell_lock import lock_path, try_lock, unlock
 from experiments.common import output_dir, run_cli
+from experiments.defenses import config_module
 from experiments.plots import plot_before_after, plot_curves, plot_trigger_gallery
 from experiments.summary import grid_markdown, write_summary
 from experiments.table import run_row
@@ -331,7 +332,7 @@ class Matrix:
         """The defense's config (its variant: `defense_variants[defense]` if the matrix names one,
         else `variant`; then the matrix seed, then the matrix's overrides)."""
         variant = (self.cfg.get("defense_variants") or {}).get(defense, self.cfg.variant)
-        cfg = load_config(f"experiments.configs.erase_{'dhbe' if defense == 'dfad' else defense}", variant)
+        cfg = load_config(config_module(defense), variant)
         return apply_overrides(seed_defense(cfg, seed), self.cfg.defense_overrides.get(defense))
 
     def run(self) -> list[dict]:
