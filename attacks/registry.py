@@ -14,12 +14,9 @@ built-in attack.
 
 from __future__ import annotations
 
-import importlib
-import re
-import warnings
-
 from attacks.base import Attack
 from backdoor_core.errors import InputError
+from backdoor_core.plugins import check_plugin_name, entry_point_plugins, resolve
 
 ATTACKS: dict[str, "str | Attack"] = {
     "badnets": "attacks.badnets:BADNETS",
@@ -34,33 +31,6 @@ ATTACKS: dict[str, "str | Attack"] = {
 }
 BUILT_IN = frozenset(ATTACKS)
 ENTRY_POINT_GROUP = "backdoor_erasing.attacks"
-NAME = re.compile(r"[A-Za-z0-9_]+")
-
-
-def check_plugin_name(name: str, built_in, what: str) -> None:
-    """InputError unless `name` can name a new `what` (letters, digits, underscores; not built in)."""
-    if not NAME.fullmatch(name):
-        raise InputError(f"{what} name {name!r}: expected letters, digits and underscores only "
-                         "(it becomes part of run-directory names)")
-    if name in built_in:
-        raise InputError(f"{what} name {name!r} is built in; expected a new name for another {what}")
-
-
-def entry_point_plugins(group: str, built_in, what: str) -> dict[str, str]:
-    """{name: "module:attribute"} of the installed packages' entry points in `group`; a name that
-    check_plugin_name refuses is left out with a warning (one bad package must not stop every
-    command)."""
-    from importlib.metadata import entry_points
-
-    found = {}
-    for ep in entry_points(group=group):
-        try:
-            check_plugin_name(ep.name, built_in, what)
-        except InputError as e:
-            warnings.warn(f"entry point {ep.value!r} of group {group} is left out: {e}", stacklevel=2)
-            continue
-        found[ep.name] = ep.value
-    return found
 
 
 def register_attack(name: str, attack: "str | Attack") -> None:
@@ -75,19 +45,6 @@ def register_attack(name: str, attack: "str | Attack") -> None:
 
 
 ATTACKS.update(entry_point_plugins(ENTRY_POINT_GROUP, BUILT_IN, "attack"))
-
-
-def resolve(path: str, what: str):
-    """The object named by "module:attribute"; InputError naming `what` if it cannot be imported."""
-    module_name, _, attr = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        raise InputError(f"{what} is registered but its module {module_name} is not available") from None
-    except AttributeError:
-        raise InputError(f"{what} is registered as {path}, but {module_name} has no {attr}") from None
 
 
 def get_attack(name: str) -> Attack:

@@ -68,7 +68,7 @@ class Trigger:
 
     def __call__(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
         """Triggered images float32 [N, H, W, C] in [0, 1] from images [N, H, W, C] in [0, 1]."""
-        from attacks.registry import resolve
+        from backdoor_core.plugins import resolve
 
         apply = resolve(TRIGGER_KINDS.get(self.kind, self.kind), f"trigger kind {self.kind!r}")
         key = jax.random.PRNGKey(0) if key is None else key

@@ -13,7 +13,8 @@ from attacks.backdoor import prepare_attack
 from attacks.badnets import PatchParams, patch_trigger
 from attacks.blended import blended_trigger
 from attacks.poison import poison_count, poison_split, triggered_test_set
-from attacks.registry import ATTACKS, resolve
+from attacks.registry import ATTACKS
+from backdoor_core.plugins import resolve
 from attacks.sig import sinusoid_signal
 from attacks.triggers import Trigger, apply_to_uint8
 from attacks.wanet import (WaNetParams, bicubic_matrix, grid_sample, identity_grid, wanet_batch_transform,

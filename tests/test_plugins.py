@@ -1,7 +1,7 @@
-"""Attacks and defenses from other packages: the example plugin (examples/plugin), installed the
-way pip installs it (a dist-info folder with its declared entry points), is known by name to the
-attack and erase command lines; in-process registration; names that would break run directories
-or replace a built-in are refused."""
+"""Models, attacks and defenses from other packages: the example plugin (examples/plugin),
+installed the way pip installs it (a dist-info folder with its declared entry points), is known
+by name to the attack and erase command lines; in-process registration; names that would break
+run directories or replace a built-in are refused."""
 
 import json
 import os
@@ -47,13 +47,14 @@ def test_an_installed_plugins_attack_and_defense_run_from_the_command_lines(tmp_
     install_plugin(site)
 
     teacher = tmp_path / "corner"
-    proc = run(["experiments.attack", "--attack", "corner_dot", "--dataset", str(data), "--model", "small_cnn",
-                "--width", "0.5", "--out", str(teacher), "--config.params.corner_dot.size=3",
+    proc = run(["experiments.attack", "--attack", "corner_dot", "--dataset", str(data), "--model", "lenet_bn",
+                "--width", "1", "--out", str(teacher), "--config.params.corner_dot.size=3",
                 "--config.train.epochs=2", "--config.train.batch_size=64", "--config.train.learning_rate=0.05",
                 "--config.train.hflip=False", "--config.num_devices=1"], site)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((teacher / "record.json").read_text())
     assert record["attack"]["name"] == "corner_dot" and record["attack"]["params"] == {"size": 3, "color": 1.0}
+    assert record["model"]["name"] == "lenet_bn"
     trigger = json.loads((teacher / "trigger.json").read_text())
     assert trigger["kind"] == "masked_pattern"  # reloads without the plugin
     mask = np.load(teacher / "trigger.npz")["mask"][..., 0]
@@ -66,6 +67,7 @@ def test_an_installed_plugins_attack_and_defense_run_from_the_command_lines(tmp_
     purified = json.loads((out / "record.json").read_text())
     assert purified["status"] == "complete" and purified["defense"] == "clp_u2"
     assert purified["config"]["defense"]["clp"] == {"u": 2.0} and {"asr", "test_acc", "der"} <= set(purified["metrics"])
+    assert purified["pruned_channels"] > 0  # CLP found the plugin model's conv -> BN pairs
 
     proc = run(["experiments.erase", "--defense", "clp_u3", "--run", str(teacher)], site)
     assert proc.returncode == 2 and "unknown defense 'clp_u3'; expected one of dhbe" in proc.stderr
@@ -75,8 +77,18 @@ def test_an_installed_plugins_attack_and_defense_run_from_the_command_lines(tmp_
 def test_in_process_registration_and_refused_names(monkeypatch):
     from attacks import registry
     from attacks.badnets import BADNETS
+    from backdoor_core import models
+    from backdoor_core.models.small_cnn import SmallCNN
     from experiments import defenses
     from experiments.run import load_config
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register_model("my_cnn", SmallCNN)
+    models.register_model("my_cnn_by_path", "backdoor_core.models.small_cnn:SmallCNN")
+    spec = models.ModelSpec("my_cnn_by_path", 10, (28, 28, 1), 0.5)
+    assert isinstance(models.build_model(spec), SmallCNN) and models.model_constructor("my_cnn") is SmallCNN
+    with pytest.raises(InputError, match="'small_cnn' is built in"):
+        models.register_model("small_cnn", SmallCNN)
 
     monkeypatch.setattr(registry, "ATTACKS", dict(registry.ATTACKS))
     monkeypatch.setattr(defenses, "DEFENSES", dict(defenses.DEFENSES))

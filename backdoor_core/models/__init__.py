@@ -4,6 +4,10 @@ A `ModelSpec` (architecture name, number of classes, input shape, width multipli
 dataset's normalisation) is all a run directory needs to rebuild its model. Every model maps
 float32 NHWC pixels in [0, 1] to logits, takes `train` for batch norm, and sows its pooled
 penultimate features as `intermediates/features`.
+
+Models from other packages (docs/extending.md): the entry-point group `backdoor_erasing.models`
+(`name = "module:constructor"`), or `register_model` inside one process. A constructor takes
+(num_classes, width, mean, std) and returns a module with that contract.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from backdoor_core.errors import InputError
+from backdoor_core.plugins import check_plugin_name, entry_point_plugins, resolve
 from backdoor_core.models.resnet import preact_resnet18, resnet18, resnet34
 from backdoor_core.models.small_cnn import SmallCNN
 from backdoor_core.models.vgg import VGG, VGG_LAYERS
 from backdoor_core.models.wrn import WideResNet
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+MODELS: dict[str, "Callable[..., nn.Module] | str"] = {
     "preact_resnet18": preact_resnet18,
     "resnet18": resnet18,
     "resnet34": resnet34,
@@ -36,6 +41,26 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg16_bn": functools.partial(VGG, VGG_LAYERS["vgg16"]),
     "small_cnn": SmallCNN,
 }
+BUILT_IN = frozenset(MODELS)
+ENTRY_POINT_GROUP = "backdoor_erasing.models"
+MODELS.update(entry_point_plugins(ENTRY_POINT_GROUP, BUILT_IN, "model"))
+
+
+def register_model(name: str, constructor: "Callable[..., nn.Module] | str") -> None:
+    """Makes `constructor` ((num_classes, width, mean, std) -> flax module, or "module:attribute"
+    naming one) known as `name` to this process; a built-in name is refused."""
+    check_plugin_name(name, BUILT_IN, "model")
+    if not (callable(constructor) or isinstance(constructor, str)):
+        raise InputError(f"register_model({name!r}, ...): expected a constructor or a 'module:attribute' string")
+    MODELS[name] = constructor
+
+
+def model_constructor(name: str) -> Callable[..., nn.Module]:
+    """The constructor registered as `name` (a plugin's imported on first use)."""
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    entry = MODELS[name]
+    return resolve(entry, f"model {name!r}") if isinstance(entry, str) else entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +113,7 @@ def spec_for_data(name: str, images: np.ndarray, num_classes: int, width: float 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """The flax module described by `spec`."""
-    return MODELS[spec.name](num_classes=spec.num_classes, width=spec.width, mean=spec.mean, std=spec.std)
+    return model_constructor(spec.name)(num_classes=spec.num_classes, width=spec.width, mean=spec.mean, std=spec.std)
 
 
 def init_variables(spec: ModelSpec, key: jax.Array) -> dict:

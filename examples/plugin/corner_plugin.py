@@ -1,4 +1,9 @@
-"""An example plugin for backdoor-erasing-jax (docs/extending.md): one attack, one defense.
+"""An example plugin for backdoor-erasing-jax (docs/extending.md): a model, an attack, a defense.
+
+Model `lenet_bn`: LeNet-5 with batch norm, under the registry's contract: (num_classes, width,
+mean, std) -> a flax module mapping pixels in [0, 1] to logits, normalising them itself, taking
+`train` for batch norm and sowing its penultimate features as `intermediates/features` (PBE's
+and the detector's feature probes read them). Its conv -> BN pairs are what CLP prunes.
 
 Attack `corner_dot`: BadNets' recipe with a `size` x `size` square of value `color` in the
 top-left corner. Only `build_trigger` is new: poisoning (dirty-label, `poison_ratio` of the
@@ -13,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Sequence
 
+import flax.linen as nn
 import ml_collections
 import numpy as np
 
@@ -21,8 +28,32 @@ from attacks.base import Attack
 from attacks.triggers import Trigger
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
+from backdoor_core.models.layers import Normalize, scaled
 from baselines import CLPConfig, clp
 from experiments.defenses.common import finish_defense_run, with_der
+
+
+class LeNetBN(nn.Module):
+    """[Conv5x5 6, BN, ReLU, max-pool] then [Conv5x5 16, ...], Dense 120, Dense 84, Dense classes
+    (channel and unit counts times `width`)."""
+
+    num_classes: int
+    width: float
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = Normalize(self.mean, self.std)(x)
+        for channels in (6, 16):
+            x = nn.Conv(scaled(channels, self.width), (5, 5), padding="SAME", use_bias=False)(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+            x = nn.max_pool(x, (2, 2), (2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(scaled(120, self.width))(x))
+        features = nn.relu(nn.Dense(scaled(84, self.width))(x))
+        self.sow("intermediates", "features", features)
+        return nn.Dense(self.num_classes, name="classifier")(features)
 
 
 @dataclasses.dataclass(frozen=True)

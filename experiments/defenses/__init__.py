@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from attacks.registry import check_plugin_name, entry_point_plugins
 from backdoor_core.errors import InputError
+from backdoor_core.plugins import check_plugin_name, entry_point_plugins, resolve
 
 DEFENSES: dict[str, "str | Callable"] = {
     "dhbe": "experiments.defenses.dhbe:run",
@@ -53,8 +53,6 @@ def register_defense(name: str, run: "str | Callable", config: str) -> None:
 
 def defense_function(name: str) -> Callable:
     """The run function of defense `name`; InputError if unknown or not importable."""
-    from attacks.registry import resolve
-
     if name not in DEFENSES:
         raise InputError(f"unknown defense {name!r}; expected one of {', '.join(DEFENSES)}")
     entry = DEFENSES[name]
