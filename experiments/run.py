@@ -469,6 +469,13 @@ def run_matrix(cfg) -> list[dict]:
             raise InputError(f"matrix config: unknown defense {defense!r}; expected one of {', '.join(DEFENSES)}")
     for attack in cfg.attacks:
         get_attack(attack)
+    from backdoor_core.models import MODELS
+
+    for model in cfg.models:
+        if model.get("name") not in MODELS:
+            raise InputError(f"matrix config: unknown model {model.get('name')!r}; expected one of {', '.join(MODELS)}")
+        if not float(model.get("width", 1.0)) > 0:
+            raise InputError(f"matrix config: model {model.name} width {model.get('width')}; expected a positive multiplier")
     if cfg.get("archive") and Path(cfg.archive).expanduser().exists() and not Path(cfg.archive).expanduser().is_dir():
         raise InputError(f"matrix config: archive {cfg.archive} is a file; expected a folder (made if missing)")
     matrix = Matrix(cfg)

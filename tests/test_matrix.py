@@ -170,6 +170,11 @@ def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
         run_matrix(tiny_matrix)
     assert not (tmp_path / "matrix").exists()
     tiny_matrix.defenses = ("clp",)
+    models = tiny_matrix.models
+    tiny_matrix.models = (ml_collections.ConfigDict(dict(name="resnet_nope", width=1.0)),)
+    with pytest.raises(InputError, match="unknown model 'resnet_nope'"):
+        run_matrix(tiny_matrix)
+    tiny_matrix.models = models
     (tmp_path / "cells.txt").write_text("not a folder")
     tiny_matrix.archive = str(tmp_path / "cells.txt")
     with pytest.raises(InputError, match="is a file; expected a folder"):
