@@ -5,7 +5,7 @@ teachers, each erased by every defense, evaluated, tabulated and plotted.
   python -m experiments.run --config experiments/configs/matrix_cifar10_cpu.py --config.defenses="('dhbe','clp')"
 
 Layout under `out`: teachers/<dataset>-<model>-<attack>-s<seed>/ (attack runs; a clean model
-<dataset>-<model>-clean-s<seed> where TrojanNN or LC need one), defenses/<teacher>-<defense>/,
+<dataset>-<model>-clean-s<seed> where TrojanNN, LC or LF need one), defenses/<teacher>-<defense>/,
 cells.jsonl (one line per cell run: status, seconds, error), results.csv, results.md (with several
 seeds also results_seeds.md/.csv: mean +- std over seeds per attack and defense) and plots/:
 asr_cacc.png (C-Acc and ASR before and after each defense), curves.png (every cell's C-Acc and

@@ -6,7 +6,7 @@
       [--config.out=DIR]
 
 `params.<attack>` holds each registered attack's own settings (BackdoorBench's defaults); only
-the section of the chosen attack is used. TrojanNN and LC need `clean_run`, the run directory
+the section of the chosen attack is used. TrojanNN, LC and LF need `clean_run`, the run directory
 of a clean model (experiments.train).
 """
 
