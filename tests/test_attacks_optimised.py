@@ -180,7 +180,11 @@ def test_iad_trigger_is_sample_specific_deterministic_and_reloads(mnist_subset, 
     assert np.abs(patterns[0] - patterns[1]).mean() > 1e-3  # two images, two patterns
     save_trigger(tmp_path, trigger)
     np.testing.assert_array_equal(np.asarray(load_trigger(tmp_path)(x)), out)
-    assert float(diversity_loss(x[:4], x[4:], jnp.asarray(patterns[:4]), jnp.asarray(patterns[4:]))) > 0
+    # IAD's diversity term: mean over the pairs of RMS(x1 - x2) / (RMS(pattern1 - pattern2) + 1e-7)
+    rms = lambda a, b: np.sqrt(np.mean((a - b) ** 2, axis=(1, 2, 3)))
+    expected = np.mean(rms(np.asarray(x[:4]), np.asarray(x[4:])) / (rms(patterns[:4], patterns[4:]) + 1e-7))
+    assert float(diversity_loss(x[:4], x[4:], jnp.asarray(patterns[:4]), jnp.asarray(patterns[4:]))) == \
+        pytest.approx(expected, rel=1e-4)
 
 
 def test_an_iad_trigger_with_an_old_generator_tree_is_refused_clearly(mnist_subset):

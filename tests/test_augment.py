@@ -42,3 +42,6 @@ def test_crop_and_flip_deterministic_for_a_key():
     a = crop_and_flip(jax.random.PRNGKey(5), images, 4, True)
     b = crop_and_flip(jax.random.PRNGKey(5), images, 4, True)
     np.testing.assert_array_equal(a, b)
+    # ... and it is random: it changes the images, and another key changes them otherwise.
+    assert not np.array_equal(a, images)
+    assert not np.array_equal(a, crop_and_flip(jax.random.PRNGKey(6), images, 4, True))

@@ -66,7 +66,21 @@ def test_badnets_cli_implants_a_backdoor_at_clean_accuracy(mnist_subset, badnets
     assert [set(r) >= {"test_acc", "asr", "asr_strict", "ra"} for r in history] == [True, True]
 
 
-def test_wanet_poisons_on_the_fly(mnist_subset, mesh1, tmp_path):
+def test_wanet_poisons_on_the_fly(mnist_subset, mesh1, tmp_path, monkeypatch):
+    from attacks.wanet import WaNet
+
+    traced, real = [], WaNet.batch_transform
+
+    def spy(self, *args):  # records the batches the training step passes through WaNet's transform
+        transform = real(self, *args)
+
+        def recorded(key, images, labels):
+            traced.append(images.shape)
+            return transform(key, images, labels)
+
+        return recorded
+
+    monkeypatch.setattr(WaNet, "batch_transform", spy)
     train, test = mnist_subset
     train, test = mixed(train, 128), mixed(test, 100)
     config = AttackConfig("wanet", target=1, poison_ratio=0.1, seed=2)
@@ -74,6 +88,7 @@ def test_wanet_poisons_on_the_fly(mnist_subset, mesh1, tmp_path):
     run = tmp_path / "wanet"
     done = train_backdoor(config, "small_cnn", 0.25, train, test, recipe, run, mesh=mesh1, progress=False)
     assert done.fit.complete and done.poisoned_indices is None
+    assert traced and set(traced) == {(32, 28, 28, 1)}  # the training batches are poisoned in the step
     record = rundir.read_record(run)
     assert record["kind"] == "attack" and record["attack"]["poisoning"] == "on_the_fly" and record["steps"] == 4
     assert record["config"]["attack"]["params"] == {"k": 4, "s": 0.5, "grid_rescale": 1.0, "cross_ratio": 2.0}

@@ -82,10 +82,13 @@ def test_clp_defense_run(badnets_run, tmp_path):
     out = tmp_path / "clp"
     cfg = erase_clp.get_config("smoke")
     cfg.num_devices = 1
+    # u = 2: five channels of this teacher stand above it (z 2.35-3.22); at u = 3 only one, by 0.2 std.
+    cfg.clp.u = 2.0
     metrics = erase_run("clp", str(badnets_run), cfg, str(out))
     record = rundir.read_record(out)
     assert record["status"] == "complete" and record["defense"] == "clp" and record["metrics"] == metrics
     assert record["pruned_channels"] == sum(len(v) for v in record["pruned"].values())
+    assert record["pruned_channels"] > 0, record["pruned"]  # else the loop below checks nothing
     _, _, variables = rundir.load_model(out)
     for path, index in record["pruned"].items():
         bn = variables["params"]

@@ -40,6 +40,8 @@ def teacher(badnets_run):
 
 
 def tree_close(a, b, **tol):
+    """Same tree structure (no leaf skipped by zip) and every leaf close."""
+    assert jax.tree.structure(a) == jax.tree.structure(b) and jax.tree.leaves(a)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, **tol)
 
@@ -66,9 +68,10 @@ def test_patch_lands_inside_the_image_at_every_position(per_sample):
     for img, (y, x) in zip(canvas, np.asarray(positions)):
         assert np.all(img[y:y + p, x:x + p] == 1)
     distinct = {tuple(q) for q in np.asarray(positions)}
-    assert len(distinct) == (1 if per_sample is False else len(distinct)) and (per_sample is False or len(distinct) > 20)
     reachable = {(y, x) for y in range(h - p + 1) for x in range(w - p + 1)}
     assert distinct <= reachable
+    # One position for the batch, else all 28 (the last row and column too) among 500 draws.
+    assert (distinct == reachable) if per_sample else len(distinct) == 1
 
 
 def test_triggered_images_are_clipped_and_local():
@@ -306,6 +309,7 @@ def test_resume_with_generator_warmup(teacher, mesh1, tmp_path):
                  checkpoint_every=2, log_every=1, progress=False)
     assert not part.complete and [r["step"] for r in part.history] == [0, 1, 2]
     resumed = erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path / "b", log_every=1, progress=False)
+    assert resumed.complete
     tree_close(full.variables, resumed.variables, rtol=0, atol=0)
     assert [r["step"] for r in resumed.history] == [0, 1, 2, 3, 4, 5, 6]
     assert "warmup_balance" in resumed.history[0]

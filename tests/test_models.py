@@ -186,12 +186,17 @@ def test_registry_model_is_the_same_function_with_any_conv(monkeypatch):
     # `auto` is XLA's convolution for a model this small; `winograd` computes every 3x3 stride-1 layer.
     spec = ModelSpec("preact_resnet18", 10, (32, 32, 3), 0.125, (0.5,) * 3, (0.25,) * 3)
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
-    outputs = {}
+    outputs, convs = {}, {}
     for impl in ("xla", "winograd"):  # im2col: its own test above
         monkeypatch.setenv("BACKDOOR_CONV", impl)
         model = build_model(spec)
         variables = init_variables(spec, jax.random.PRNGKey(0))
-        outputs[impl] = np.asarray(jit_once(lambda v, x: model.apply(v, x, train=False))(variables, x))
+        apply = lambda v, x: model.apply(v, x, train=False)
+        outputs[impl] = np.asarray(jit_once(apply)(variables, x))
+        convs[impl] = str(jax.make_jaxpr(apply)(variables, x)).count("conv_general_dilated")
+    # Two different computations: the 14 3x3 stride-1 layers by Winograd, only the 3 stride-2 and
+    # 3 1x1 shortcut convolutions left to XLA (else this compares XLA with itself).
+    assert convs == {"xla": 20, "winograd": 6}
     np.testing.assert_allclose(outputs["winograd"], outputs["xla"], atol=1e-4, rtol=1e-4)
     monkeypatch.setenv("BACKDOOR_CONV", "nope")
     with pytest.raises(ValueError, match="BACKDOOR_CONV='nope'"):
