@@ -131,3 +131,34 @@ def test_a_plugin_with_a_bad_name_is_left_out_with_a_warning(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["attacks.badnets:BADNETS", "badnets"]
     assert "'badnets' is built in" in proc.stderr
+
+
+def test_the_listing_shows_every_registry_and_a_broken_plugin_as_unavailable(monkeypatch):
+    """`python -m experiments.list`: built-ins and plugins with their origin and settings; a plugin
+    whose module is missing is listed as unavailable with the reason, and the rest still listed."""
+    from attacks import registry
+    from backdoor_core import models
+    from experiments import defenses
+    from experiments.list import format_listing, registry_listing
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    monkeypatch.setattr(registry, "ATTACKS", dict(registry.ATTACKS))
+    monkeypatch.setattr(defenses, "DEFENSES", dict(defenses.DEFENSES))
+    monkeypatch.setattr(defenses, "DEFENSE_CONFIGS", dict(defenses.DEFENSE_CONFIGS))
+    registry.register_attack("gone", "no_such_module:ATTACK")
+    registry.register_attack("my_blended", "attacks.blended:BLENDED")
+    defenses.register_defense("my_clp", "experiments.defenses.clp:run", "experiments.configs.erase_clp")
+    models.register_model("gone_model", "no_such_module:Net")
+
+    listing = registry_listing()
+    attacks = {r["name"]: r for r in listing["attacks"]}
+    assert attacks["badnets"]["origin"] == "built-in" and attacks["badnets"]["params"]["size"] == 3
+    assert attacks["lc"]["kind"] == ["clean_label", "needs_clean_model"]
+    assert attacks["my_blended"]["origin"] == "plugin attacks.blended:BLENDED"
+    assert "no_such_module is not available" in attacks["gone"]["error"]
+    defense = {r["name"]: r for r in listing["defenses"]}["my_clp"]
+    assert defense["config"] == "experiments.configs.erase_clp" and defense["variants"] == ["cpu", "paper", "smoke"]
+    assert "error" in {r["name"]: r for r in listing["models"]}["gone_model"]
+    text = format_listing(listing)
+    assert "attacks (11):" in text and "UNAVAILABLE: attack 'gone' is registered but its module" in text
+    assert "  my_clp " in text and "(variants: cpu, paper, smoke)" in text
