@@ -97,6 +97,18 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides, where: str = "") 
     return cfg
 
 
+def defense_config(matrix_cfg, defense: str, seed: int = 0) -> ml_collections.ConfigDict:
+    """A matrix cell's defense config: the defense's config module at its variant
+    (`defense_variants[defense]` if the matrix names one, else `variant`), then the matrix seed,
+    then the matrix's overrides. An unknown variant or override is an InputError."""
+    variant = (matrix_cfg.get("defense_variants") or {}).get(defense, matrix_cfg.variant)
+    try:
+        cfg = load_config(config_module(defense), variant)
+    except ValueError as e:  # the config modules' get_config: unknown variant
+        raise InputError(f"matrix config: defense {defense}: {e}") from None
+    return apply_overrides(seed_defense(cfg, seed), matrix_cfg.defense_overrides.get(defense), f"{defense}.")
+
+
 def seed_defense(cfg: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
     """cfg with every seed of the defense's own randomness set to the matrix seed: DHBE's `seed`
     (generators, latents), PBE's and AFT/FT's `seed` (start subset, batch order, augmentation,
@@ -329,11 +341,8 @@ class Matrix:
             return None
 
     def defense_config(self, defense: str, seed: int = 0):
-        """The defense's config (its variant: `defense_variants[defense]` if the matrix names one,
-        else `variant`; then the matrix seed, then the matrix's overrides)."""
-        variant = (self.cfg.get("defense_variants") or {}).get(defense, self.cfg.variant)
-        cfg = load_config(config_module(defense), variant)
-        return apply_overrides(seed_defense(cfg, seed), self.cfg.defense_overrides.get(defense))
+        """See `defense_config`."""
+        return defense_config(self.cfg, defense, seed)
 
     def run(self) -> list[dict]:
         """Runs (or reuses) every cell; returns the result rows."""
@@ -469,6 +478,8 @@ def run_matrix(cfg) -> list[dict]:
             raise InputError(f"matrix config: unknown defense {defense!r}; expected one of {', '.join(DEFENSES)}")
     for attack in cfg.attacks:
         get_attack(attack)
+    for defense in cfg.defenses:
+        defense_config(cfg, defense)  # unknown variants and overrides fail here, before any output
     from backdoor_core.models import MODELS
 
     for model in cfg.models:

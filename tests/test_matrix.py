@@ -175,6 +175,11 @@ def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     with pytest.raises(InputError, match="unknown model 'resnet_nope'"):
         run_matrix(tiny_matrix)
     tiny_matrix.models = models
+    variant = tiny_matrix.variant
+    tiny_matrix.variant = "foo"
+    with pytest.raises(InputError, match="defense clp: unknown CLP config variant 'foo'"):
+        run_matrix(tiny_matrix)
+    tiny_matrix.variant = variant
     (tmp_path / "cells.txt").write_text("not a folder")
     tiny_matrix.archive = str(tmp_path / "cells.txt")
     with pytest.raises(InputError, match="is a file; expected a folder"):
