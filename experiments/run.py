@@ -32,7 +32,10 @@ files, and cell.json: its cells.jsonl row), a few kB to commit; a later run with
 counts an archived cell as finished (same staleness check as a run directory) and tabulates and
 plots it from those files. A teacher is taken from the archive only while none of its defense
 cells still has to run; otherwise it is trained again (its checkpoint is not archived), and the
-fresh run replaces its archived copy.
+fresh run replaces its archived copy. A teacher trained again is seldom the same model (another
+machine or backend): its archived defense cells, which name their teacher by its metrics
+(`teacher_metrics`), then run again on it, so that a row never mixes two teachers. A finished
+defense run directory in `out` made on another teacher is reported 'stale', not overwritten.
 """
 
 from __future__ import annotations
@@ -160,6 +163,27 @@ def is_complete(run_dir: Path) -> bool:
         return False
 
 
+def teacher_identity(run_dir: Path | None) -> dict | None:
+    """The metrics ({'test_acc', 'asr', ...}) of the finished attack run in run_dir, or None if
+    there is none: what a defense record's `teacher_metrics` names its teacher by. A teacher
+    trained again (a new machine, a GPU instead of a CPU) gets other metrics; the same training
+    repeated deterministically gets the same ones. (Two different teachers with equal metrics to
+    the last test image would pass for one: not a concern at CIFAR-10's 10,000 test images.)"""
+    if run_dir is None or not is_complete(run_dir):
+        return None
+    return rundir.read_record(run_dir).get("metrics") or None
+
+
+def teacher_mismatch(used: dict | None, teacher: dict | None) -> str:
+    """'' when a defense cell whose record names `used` as its teacher's metrics was run on
+    `teacher` (or either is unknown); otherwise how the two differ (C-Acc and ASR, in %)."""
+    if not used or not teacher or used == teacher:
+        return ""
+    pct = lambda m, k: f"{100 * m[k]:.2f}" if isinstance(m.get(k), (int, float)) else "?"
+    return (f"its teacher had C-Acc {pct(used, 'test_acc')} / ASR {pct(used, 'asr')}, "
+            f"this one {pct(teacher, 'test_acc')} / {pct(teacher, 'asr')}")
+
+
 def archive_cell(run_dir: Path, dest: Path, cell_row: dict) -> bool:
     """Copies the finished run `run_dir` without its checkpoints into `dest`: record.json,
     history.jsonl, trigger.json/trigger.npz when present and under ARCHIVE_MAX_BYTES, and
@@ -224,14 +248,18 @@ class Matrix:
         return self.archive / run_dir.relative_to(self.out) if self.archive is not None else None
 
     def finished(self, run_dir: Path, expected_config: dict | None = None, expected_subset: dict | None = None,
-                 archived_ok: bool = True, defaults: dict | None = None) -> dict | None:
+                 archived_ok: bool = True, defaults: dict | None = None,
+                 teacher: dict | None = None) -> dict | None:
         """The row of a cell that needs no run: run_dir finished ('complete', reused; copied into the
         archive if there is one), else, with archived_ok, its archived copy finished ('complete',
         `archived`); either is 'stale' instead when its record's `config` differs from
         `expected_config` or disagrees with a setting of `expected_subset`
         (`rundir.config_mismatch(..., subset=True)`): neither reused nor overwritten. A setting the
         record lacks counts as equal when the expected value is its default in `defaults` (a record
-        of the same shape): options added after a cell ran, left at their defaults, keep it. None
+        of the same shape): options added after a cell ran, left at their defaults, keep it. With
+        `teacher` (the metrics of the teacher the cell has to purify, `teacher_identity`), a defense
+        cell finished on another teacher (its record's `teacher_metrics` differ) is 'stale' in
+        run_dir, and its archived copy does not count: the cell runs again and replaces it. None
         if the cell has to run."""
         key = str(run_dir)
         archived = self.archived(run_dir)
@@ -248,6 +276,12 @@ class Matrix:
             if diff:
                 return {"run": str(source), "status": "stale",
                         "error": f"finished with another configuration ({diff}); move it away to rerun"}
+            other_teacher = teacher_mismatch(rundir.read_record(source).get("teacher_metrics"), teacher)
+            if other_teacher and source == run_dir:
+                return {"run": str(source), "status": "stale",
+                        "error": f"finished on another teacher ({other_teacher}); move it away to rerun"}
+            if other_teacher:  # archived on a teacher since trained again: run it on this one
+                continue
             if source == run_dir:
                 old = self.recorded(run_dir)
                 row = {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True,
@@ -261,11 +295,11 @@ class Matrix:
         return None
 
     def cell(self, run_dir: Path, fn, expected_config: dict | None = None, expected_subset: dict | None = None,
-             archived_ok: bool = True, defaults: dict | None = None) -> dict:
+             archived_ok: bool = True, defaults: dict | None = None, teacher: dict | None = None) -> dict:
         """Runs fn() unless the cell is finished (`finished`); logs and returns {'run', 'status',
         'seconds', 'error'}; a cell that finishes here is copied into the archive if there is one."""
         key = str(run_dir)
-        done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults)
+        done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults, teacher)
         if done is not None:
             return done
         if self.cfg.get("reuse_only"):
@@ -279,7 +313,7 @@ class Matrix:
                     "error": f"another process runs it (pid {holder.get('pid')} on {holder.get('host')}, lock {lock})"}
         try:
             # The cell may have finished in another process between the check above and the lock.
-            done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults)
+            done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults, teacher)
             return done if done is not None else self.run_cell(run_dir, fn)
         finally:
             unlock(lock)
@@ -368,9 +402,11 @@ class Matrix:
                 defaults = recorded_defaults(defense)
                 defense_cells.append((defense, self.out / "defenses" / f"{teacher_dir.name}-{defense}", dcfg,
                                       expected, defaults))
-            # An archived teacher (no checkpoint) serves only while no defense cell has to run.
+            # An archived teacher (no checkpoint) serves only while no defense cell has to run on it.
+            archived_teacher = teacher_identity(self.archived(teacher_dir))
             teacher_archived_ok = bool(self.cfg.get("reuse_only")) or all(
-                expected is None or self.finished(ddir, expected_config=expected, defaults=defaults) is not None
+                expected is None or self.finished(ddir, expected_config=expected, defaults=defaults,
+                                                  teacher=archived_teacher) is not None
                 for _, ddir, _, expected, defaults in defense_cells)
             teacher_defaults = self.teacher_defaults(dataset, attack)
             clean_run = None
@@ -418,7 +454,8 @@ class Matrix:
                     try:
                         outcome = self.cell(defense_dir, lambda: erase_run(defense, str(teacher_dir), dcfg,
                                                                            str(defense_dir)),
-                                            expected_config=expected, defaults=defaults)
+                                            expected_config=expected, defaults=defaults,
+                                            teacher=teacher_identity(Path(teacher["run"])))
                     except InputError as e:
                         outcome = {"run": str(defense_dir), "status": "failed", "error": str(e)}
                 rows.append(self.result_row(ids, defense, outcome))

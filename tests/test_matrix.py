@@ -164,6 +164,42 @@ def test_an_archive_carries_finished_cells_to_a_machine_without_the_runs(tiny_ma
         "config"]["defense"]["clp"]["u"] == 3.0  # the archived cell is left as it was
 
 
+def test_a_defense_cell_made_on_another_teacher_is_not_reused(tiny_matrix, tmp_path):
+    """A row never mixes teachers: an archived defense cell whose teacher differs from the archived
+    one (say, trained on a GPU and since replaced) brings the teacher back and runs again on it,
+    replacing its archived copy; a finished run directory in `out` made on another teacher is
+    stale and left as it was."""
+    archive = tmp_path / "archive"
+    tiny_matrix.defenses = ("clp",)
+    tiny_matrix.archive = str(archive)
+    first = run_matrix(tiny_matrix)
+    archived_clp = archive / "defenses" / "digits-small_cnn-badnets-s0-clp" / "record.json"
+    record = json.loads(archived_clp.read_text())
+    teacher_metrics = json.loads((archive / "teachers" / "digits-small_cnn-badnets-s0" / "record.json")
+                                 .read_text())["metrics"]
+    assert record["teacher_metrics"] == teacher_metrics
+    record["teacher_metrics"] = {**teacher_metrics, "test_acc": teacher_metrics["test_acc"] - 0.25}
+    archived_clp.write_text(json.dumps(record))
+
+    out = tmp_path / "matrix"
+    shutil.rmtree(out)  # a new machine
+    again = run_matrix(tiny_matrix)
+    assert [r["status"] for r in again] == ["complete", "complete"]
+    assert [r["run"] for r in again] == [str(out / "teachers" / "digits-small_cnn-badnets-s0"),
+                                         str(out / "defenses" / "digits-small_cnn-badnets-s0-clp")]
+    assert [(r["C-Acc"], r["ASR"]) for r in again] == [(r["C-Acc"], r["ASR"]) for r in first]
+    assert json.loads(archived_clp.read_text())["teacher_metrics"] == teacher_metrics  # replaced
+
+    clp_record = out / "defenses" / "digits-small_cnn-badnets-s0-clp" / "record.json"
+    record = json.loads(clp_record.read_text())
+    record["teacher_metrics"] = {**teacher_metrics, "asr": 0.0}
+    clp_record.write_text(json.dumps(record))
+    stale = run_matrix(tiny_matrix)
+    assert [r["status"] for r in stale] == ["complete", "stale"]
+    assert "finished on another teacher" in stale[1]["error"] and "ASR 0.00" in stale[1]["error"]
+    assert json.loads(clp_record.read_text())["teacher_metrics"]["asr"] == 0.0  # not overwritten
+
+
 def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     tiny_matrix.defenses = ("clp", "nope")
     with pytest.raises(InputError, match="unknown defense 'nope'"):
