@@ -36,6 +36,11 @@ fresh run replaces its archived copy. A teacher trained again is seldom the same
 machine or backend): its archived defense cells, which name their teacher by its metrics
 (`teacher_metrics`), then run again on it, so that a row never mixes two teachers. A finished
 defense run directory in `out` made on another teacher is reported 'stale', not overwritten.
+To spare that retraining, a teacher whose defense cells are not all finished is archived with
+its weights (model/, poisoned_indices.npy, its trigger files whatever their size; and the clean
+model it was made with, if any: about 3 MB each for PreAct-ResNet-18 x1/4): the next machine runs
+the remaining cells on the archived teacher, and the weights leave the archive when the row is
+complete (`--config.archive_weights=False` archives results only).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from attacks.registry import get_attack
+from attacks.backdoor import POISONED_INDICES
 from attacks.triggers import TRIGGER_JSON, TRIGGER_NPZ
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
@@ -184,20 +190,27 @@ def teacher_mismatch(used: dict | None, teacher: dict | None) -> str:
             f"this one {pct(teacher, 'test_acc')} / {pct(teacher, 'asr')}")
 
 
-def archive_cell(run_dir: Path, dest: Path, cell_row: dict) -> bool:
+def archive_cell(run_dir: Path, dest: Path, cell_row: dict, weights: bool = False) -> bool:
     """Copies the finished run `run_dir` without its checkpoints into `dest`: record.json,
     history.jsonl, trigger.json/trigger.npz when present and under ARCHIVE_MAX_BYTES, and
-    `cell_row` (its cells.jsonl row, minus the path) as cell.json. The copy is assembled beside
-    dest and then swapped in, so an interrupted copy never leaves a half-written entry. Returns
-    whether dest changed (an identical copy is left alone)."""
+    `cell_row` (its cells.jsonl row, minus the path) as cell.json; with `weights` (a teacher whose
+    defense cells are not all finished) also what a defense needs to run on it elsewhere: the
+    model/ folder, trigger files of any size and poisoned_indices.npy (`strip_weights` removes
+    them again). The copy is assembled beside dest and then swapped in, so an interrupted copy
+    never leaves a half-written entry. Returns whether dest changed (an identical copy is left
+    alone)."""
     files = {}
-    for name in (rundir.RECORD, rundir.HISTORY, TRIGGER_JSON, TRIGGER_NPZ):
+    for name in (rundir.RECORD, rundir.HISTORY, TRIGGER_JSON, TRIGGER_NPZ) + ((POISONED_INDICES,) if weights else ()):
         path = run_dir / name
-        if path.is_file() and (name in (rundir.RECORD, rundir.HISTORY) or path.stat().st_size <= ARCHIVE_MAX_BYTES):
+        if path.is_file() and (weights or name in (rundir.RECORD, rundir.HISTORY)
+                               or path.stat().st_size <= ARCHIVE_MAX_BYTES):
             files[name] = path.read_bytes()
     keep = {k: v for k, v in cell_row.items() if k in ("status", "seconds") or (k == "time_incomplete" and v)}
     files[ARCHIVE_CELL] = (json.dumps(keep, sort_keys=True) + "\n").encode()
-    if dest.is_dir() and {p.name for p in dest.iterdir()} == set(files) and all(
+    model = run_dir / rundir.MODEL if weights and (run_dir / rundir.MODEL).is_dir() else None
+    expected_names = set(files) | ({rundir.MODEL} if model else set())
+    # A finished run's model/ never changes: an archived one with the same record is the same.
+    if dest.is_dir() and {p.name for p in dest.iterdir()} == expected_names and all(
             (dest / name).read_bytes() == data for name, data in files.items()):
         return False
     tmp = dest.with_name(dest.name + ".tmp-archive")
@@ -205,6 +218,8 @@ def archive_cell(run_dir: Path, dest: Path, cell_row: dict) -> bool:
     tmp.mkdir(parents=True)
     for name, data in files.items():
         (tmp / name).write_bytes(data)
+    if model is not None:
+        shutil.copytree(model, tmp / rundir.MODEL)
     old = dest.with_name(dest.name + ".old-archive")
     if dest.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -212,6 +227,34 @@ def archive_cell(run_dir: Path, dest: Path, cell_row: dict) -> bool:
     tmp.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     return True
+
+
+def has_weights(archived: Path | None) -> bool:
+    """Whether the archived teacher `archived` carries its weights (`archive_cell(weights=True)`)."""
+    return archived is not None and is_complete(archived) and (archived / rundir.MODEL).is_dir()
+
+
+def strip_weights(archived: Path) -> bool:
+    """Removes from the archived teacher `archived` what `archive_cell(weights=True)` added (model/,
+    oversized trigger files, poisoned_indices.npy), once no defense cell needs it. The model
+    folder is renamed before it is deleted, so an interruption never leaves half a model. Returns
+    whether anything was removed."""
+    if not archived.is_dir():
+        return False
+    removed = False
+    for path in sorted(archived.iterdir()):
+        small = path.is_file() and (path.name in (rundir.RECORD, rundir.HISTORY, ARCHIVE_CELL, TRIGGER_JSON) or (
+            path.name == TRIGGER_NPZ and path.stat().st_size <= ARCHIVE_MAX_BYTES))
+        if small:
+            continue
+        if path.is_dir():
+            doomed = path.with_name(path.name + ".strip-archive")
+            path.rename(doomed)
+            shutil.rmtree(doomed)
+        else:
+            path.unlink()
+        removed = True
+    return removed
 
 
 class Matrix:
@@ -223,6 +266,8 @@ class Matrix:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / CELLS
         self.archive = Path(cfg.archive).expanduser() if cfg.get("archive") else None
+        # Archive teachers with unfinished defense cells with their weights (a few MB each).
+        self.keep_weights = bool(cfg.get("archive_weights", True))
         self.previous = {}
         self.reload_log()
 
@@ -249,7 +294,7 @@ class Matrix:
 
     def finished(self, run_dir: Path, expected_config: dict | None = None, expected_subset: dict | None = None,
                  archived_ok: bool = True, defaults: dict | None = None,
-                 teacher: dict | None = None) -> dict | None:
+                 teacher: dict | None = None, weights: bool = False) -> dict | None:
         """The row of a cell that needs no run: run_dir finished ('complete', reused; copied into the
         archive if there is one), else, with archived_ok, its archived copy finished ('complete',
         `archived`); either is 'stale' instead when its record's `config` differs from
@@ -259,8 +304,9 @@ class Matrix:
         of the same shape): options added after a cell ran, left at their defaults, keep it. With
         `teacher` (the metrics of the teacher the cell has to purify, `teacher_identity`), a defense
         cell finished on another teacher (its record's `teacher_metrics` differ) is 'stale' in
-        run_dir, and its archived copy does not count: the cell runs again and replaces it. None
-        if the cell has to run."""
+        run_dir, and its archived copy does not count: the cell runs again and replaces it.
+        `weights`: a finished run_dir is archived with its weights (`archive_cell`). None if the
+        cell has to run."""
         key = str(run_dir)
         archived = self.archived(run_dir)
         for source in (run_dir, archived if archived_ok else None):
@@ -287,7 +333,7 @@ class Matrix:
                 row = {"run": key, "status": "complete", "seconds": old.get("seconds"), "reused": True,
                        "time_incomplete": bool(old.get("time_incomplete"))}
                 if archived is not None:
-                    archive_cell(run_dir, archived, row)
+                    archive_cell(run_dir, archived, row, weights=weights)
                 return row
             cell = json.loads((source / ARCHIVE_CELL).read_text()) if (source / ARCHIVE_CELL).is_file() else {}
             return {"run": str(source), "status": "complete", "seconds": cell.get("seconds"), "reused": True,
@@ -295,11 +341,12 @@ class Matrix:
         return None
 
     def cell(self, run_dir: Path, fn, expected_config: dict | None = None, expected_subset: dict | None = None,
-             archived_ok: bool = True, defaults: dict | None = None, teacher: dict | None = None) -> dict:
+             archived_ok: bool = True, defaults: dict | None = None, teacher: dict | None = None,
+             weights: bool = False) -> dict:
         """Runs fn() unless the cell is finished (`finished`); logs and returns {'run', 'status',
         'seconds', 'error'}; a cell that finishes here is copied into the archive if there is one."""
         key = str(run_dir)
-        done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults, teacher)
+        done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults, teacher, weights)
         if done is not None:
             return done
         if self.cfg.get("reuse_only"):
@@ -313,14 +360,15 @@ class Matrix:
                     "error": f"another process runs it (pid {holder.get('pid')} on {holder.get('host')}, lock {lock})"}
         try:
             # The cell may have finished in another process between the check above and the lock.
-            done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults, teacher)
-            return done if done is not None else self.run_cell(run_dir, fn)
+            done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults, teacher, weights)
+            return done if done is not None else self.run_cell(run_dir, fn, weights)
         finally:
             unlock(lock)
 
-    def run_cell(self, run_dir: Path, fn) -> dict:
+    def run_cell(self, run_dir: Path, fn, weights: bool = False) -> dict:
         """Runs fn() for the cell run_dir (its lock held), logs the outcome to cells.jsonl and returns
-        its row; a cell that finishes is copied into the archive if there is one."""
+        its row; a cell that finishes is copied into the archive if there is one (with `weights`,
+        its weights too)."""
         key = str(run_dir)
         earlier, incomplete = self.earlier_attempts(run_dir)
         start = time.perf_counter()
@@ -339,7 +387,7 @@ class Matrix:
             f.write(json.dumps(row) + "\n")
         self.previous[key] = row
         if row["status"] == "complete" and self.archive is not None:
-            archive_cell(run_dir, self.archived(run_dir), row)
+            archive_cell(run_dir, self.archived(run_dir), row, weights=weights)
         return row
 
     def earlier_attempts(self, run_dir: Path) -> tuple[float, bool]:
@@ -402,12 +450,16 @@ class Matrix:
                 defaults = recorded_defaults(defense)
                 defense_cells.append((defense, self.out / "defenses" / f"{teacher_dir.name}-{defense}", dcfg,
                                       expected, defaults))
-            # An archived teacher (no checkpoint) serves only while no defense cell has to run on it.
+            # An archived teacher serves while no defense cell has to run on it, or with its weights.
             archived_teacher = teacher_identity(self.archived(teacher_dir))
-            teacher_archived_ok = bool(self.cfg.get("reuse_only")) or all(
+            defenses_done = all(
                 expected is None or self.finished(ddir, expected_config=expected, defaults=defaults,
                                                   teacher=archived_teacher) is not None
                 for _, ddir, _, expected, defaults in defense_cells)
+            teacher_archived_ok = (bool(self.cfg.get("reuse_only")) or defenses_done
+                                   or has_weights(self.archived(teacher_dir)))
+            # A teacher with defense cells still to run is archived with its weights.
+            keep_weights = self.keep_weights and not defenses_done
             teacher_defaults = self.teacher_defaults(dataset, attack)
             clean_run = None
             try:
@@ -426,13 +478,16 @@ class Matrix:
                     clean_expected = teacher_settings(clean_cfg, with_attack=False)
                 except InputError:  # a bad training override: train_clean reports it as the cell's failure
                     clean_expected = None
-                # The clean model matters only to a teacher that has to be trained.
-                clean_archived_ok = expected_teacher is not None and self.finished(
+                # The clean model matters only to a teacher that has to be trained (and to PBE's
+                # rebuilt LC poisoning, `pbe.clean_run_dir`): the archived one serves the others.
+                teacher_ready = expected_teacher is not None and self.finished(
                     teacher_dir, expected_subset=expected_teacher, archived_ok=teacher_archived_ok,
                     defaults=teacher_defaults) is not None
-                self.cell(clean_dir, lambda: train_clean(clean_cfg), expected_subset=clean_expected,
-                          archived_ok=clean_archived_ok, defaults=teacher_defaults)
-                clean_run = str(clean_dir)
+                clean_archived_ok = teacher_ready or has_weights(self.archived(clean_dir))
+                clean = self.cell(clean_dir, lambda: train_clean(clean_cfg), expected_subset=clean_expected,
+                                  archived_ok=clean_archived_ok, defaults=teacher_defaults,
+                                  weights=self.keep_weights and not (teacher_ready and defenses_done))
+                clean_run = clean["run"]
                 if not isinstance(tcfg, InputError):
                     tcfg.clean_run = clean_run
             if isinstance(tcfg, InputError):  # a bad override: the cell fails before anything runs
@@ -440,11 +495,13 @@ class Matrix:
             else:
                 try:
                     teacher = self.cell(teacher_dir, lambda: run_attack(tcfg), expected_subset=expected_teacher,
-                                        archived_ok=teacher_archived_ok, defaults=teacher_defaults)
+                                        archived_ok=teacher_archived_ok, defaults=teacher_defaults,
+                                        weights=keep_weights)
                 except InputError as e:
                     teacher = {"run": str(teacher_dir), "status": "failed", "error": str(e)}
             rows.append(self.result_row(ids, "none", teacher))
             bar.update(1)
+            outcomes = []
             for defense, defense_dir, dcfg, expected, defaults in defense_cells:
                 if isinstance(dcfg, InputError):
                     outcome = {"run": str(defense_dir), "status": "failed", "error": str(dcfg)}
@@ -452,16 +509,34 @@ class Matrix:
                     outcome = {"run": str(defense_dir), "status": "skipped", "error": "teacher not finished"}
                 else:
                     try:
-                        outcome = self.cell(defense_dir, lambda: erase_run(defense, str(teacher_dir), dcfg,
+                        outcome = self.cell(defense_dir, lambda: erase_run(defense, teacher["run"], dcfg,
                                                                            str(defense_dir)),
                                             expected_config=expected, defaults=defaults,
                                             teacher=teacher_identity(Path(teacher["run"])))
                     except InputError as e:
                         outcome = {"run": str(defense_dir), "status": "failed", "error": str(e)}
                 rows.append(self.result_row(ids, defense, outcome))
+                outcomes.append(outcome["status"])
                 bar.update(1)
+            if all(status == "complete" for status in outcomes) and teacher["status"] == "complete":
+                self.release_weights(teacher_dir, clean_run)
         bar.close()
         return rows
+
+    def release_weights(self, teacher_dir: Path, clean_run: str | None) -> None:
+        """Once every defense cell of the teacher in teacher_dir has finished, its archived copy
+        drops its weights, and so does the archived clean model it was made with (`clean_run`)
+        when no other archived teacher still keeping weights was made with it."""
+        if self.archive is None:
+            return
+        strip_weights(self.archived(teacher_dir))
+        if clean_run is None:
+            return
+        clean_name = Path(clean_run).name
+        others = [d for d in (self.archive / "teachers").iterdir() if d != self.archived(teacher_dir)
+                  and has_weights(d) and Path(str(rundir.read_record(d).get("clean_run") or "")).name == clean_name]
+        if not others:
+            strip_weights(self.archive / "teachers" / clean_name)
 
     @staticmethod
     def result_row(ids: dict, defense: str, outcome: dict) -> dict:

@@ -200,6 +200,54 @@ def test_a_defense_cell_made_on_another_teacher_is_not_reused(tiny_matrix, tmp_p
     assert json.loads(clp_record.read_text())["teacher_metrics"]["asr"] == 0.0  # not overwritten
 
 
+def test_an_unfinished_row_keeps_its_teachers_weights_in_the_archive(tiny_matrix, tmp_path):
+    """A session that ends before a teacher's defense cells all finish leaves the teacher's weights
+    in the archive: the next machine runs the rest on them without training it again, and the
+    weights leave the archive once the row is complete."""
+    archive = tmp_path / "archive"
+    tiny_matrix.archive = str(archive)
+    first = run_matrix(tiny_matrix)  # FT's batch is larger than its clean set: that cell fails
+    assert [r["status"] for r in first] == ["complete", "complete", "failed"]
+    teacher = archive / "teachers" / "digits-small_cnn-badnets-s0"
+    assert (teacher / "model").is_dir() and (teacher / "poisoned_indices.npy").is_file()
+
+    out = tmp_path / "matrix"
+    shutil.rmtree(out)  # a new machine
+    tiny_matrix.defense_overrides.ft = dict(num_devices=1, aft=dict(batch_size=16, epochs=1))
+    rest = run_matrix(tiny_matrix)
+    assert [r["status"] for r in rest] == ["complete", "complete", "complete"]
+    assert rest[0]["run"] == str(teacher) and not (out / "teachers").exists()  # not trained again
+    assert [(r["C-Acc"], r["ASR"]) for r in rest[:2]] == [(r["C-Acc"], r["ASR"]) for r in first[:2]]
+    ft = json.loads((out / "defenses" / "digits-small_cnn-badnets-s0-ft" / "record.json").read_text())
+    assert ft["teacher_run"] == str(teacher) and ft["teacher_metrics"] == json.loads(
+        (teacher / "record.json").read_text())["metrics"]
+    assert sorted(p.name for p in teacher.iterdir()) == ["cell.json", "history.jsonl", "record.json",
+                                                          "trigger.json", "trigger.npz"]  # row complete
+
+
+def test_the_clean_model_of_an_unfinished_row_stays_in_the_archive_with_it(tiny_matrix, tmp_path):
+    """LF's teacher is made with a clean model: while its row is unfinished both keep their
+    weights in the archive, so neither trains again on the next machine; both drop them once the
+    row is complete."""
+    archive = tmp_path / "archive"
+    tiny_matrix.archive = str(archive)
+    tiny_matrix.attacks = ("lf",)
+    first = run_matrix(tiny_matrix)
+    assert [r["status"] for r in first] == ["complete", "complete", "failed"]
+    teachers = archive / "teachers"
+    lf, clean = teachers / "digits-small_cnn-lf-s0", teachers / "digits-small_cnn-clean-s0"
+    assert (lf / "model").is_dir() and (clean / "model").is_dir()
+
+    out = tmp_path / "matrix"
+    shutil.rmtree(out)
+    tiny_matrix.defense_overrides.ft = dict(num_devices=1, aft=dict(batch_size=16, epochs=1))
+    rest = run_matrix(tiny_matrix)
+    assert [r["status"] for r in rest] == ["complete", "complete", "complete"]
+    assert not (out / "teachers").exists()  # neither the clean model nor the teacher trained again
+    assert not (lf / "model").exists() and not (clean / "model").exists()
+    assert (lf / "record.json").is_file() and (clean / "record.json").is_file()
+
+
 def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     tiny_matrix.defenses = ("clp", "nope")
     with pytest.raises(InputError, match="unknown defense 'nope'"):

@@ -37,6 +37,7 @@ def get_config():
     c.defense_variants = ml_collections.ConfigDict({"pbe": "cpu"})
     c.reuse_only = False  # True: only tabulate cells that already finished
     c.archive = ""  # a folder: copy finished cells there (no checkpoints) and count archived cells as finished
+    c.archive_weights = True  # with an archive: a teacher whose defense cells are unfinished is archived with its weights
     c.attack_overrides = ml_collections.ConfigDict()
     pgd = dict(eps=EPS, alpha=EPS / 5, steps=7)
     c.defense_overrides = ml_collections.ConfigDict({
