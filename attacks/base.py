@@ -171,6 +171,11 @@ class Attack:
         if self.clean_label and config.mode != "all_to_one":
             raise InputError(f"attack {self.name} is clean-label: it supports only mode 'all_to_one'")
 
+    def trigger_drawn_from_key(self, params) -> bool:
+        """Whether build_trigger draws the trigger from its key (WaNet's grid, Blended's noise), so
+        that the attack's settings alone do not give back the trigger of a model trained elsewhere."""
+        return False
+
     def build_trigger(self, config: AttackConfig, params, train: Split, key, clean_model: TrainedModel | None = None):
         """The attack's `Trigger` for images like train's (see the module docstring, step 2)."""
         raise NotImplementedError(f"attack {self.name} does not build a trigger")

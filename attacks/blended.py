@@ -67,6 +67,9 @@ class Blended(Attack):
         if params.pattern != "noise" and not Path(params.pattern).expanduser().is_file():
             raise InputError(f"blended: pattern {params.pattern!r} is neither 'noise' nor an existing image file")
 
+    def trigger_drawn_from_key(self, params: BlendedParams) -> bool:
+        return params.pattern == "noise"
+
     def build_trigger(self, config, params, train, key, clean_model=None) -> Trigger:
         return blended_trigger(blend_pattern(params.pattern, train.image_shape, key), params.alpha)
 

@@ -154,6 +154,9 @@ class WaNet(Attack):
     params_type = WaNetParams
     on_the_fly = True
 
+    def trigger_drawn_from_key(self, params) -> bool:
+        return True  # the random warping field
+
     def validate(self, config: AttackConfig, params: WaNetParams, image_shape, num_classes) -> None:
         super().validate(config, params, image_shape, num_classes)
         if not 2 <= params.k <= min(image_shape[:2]):
