@@ -50,6 +50,9 @@ def test_a_torch_file_is_read_when_torch_is_installed(tmp_path):
     torch.save({"state_dict": {f"module.{k}": torch.from_numpy(v) for k, v in state.items()}}, tmp_path / "m.pt")
     read = read_state_dict(tmp_path / "m.pt")
     assert sorted(read) == sorted(state) and all(np.array_equal(read[k], state[k]) for k in state)
+    torch.save({"model": {}, "bd_train": InputError("an object")}, tmp_path / "result.pt")  # not tensors only
+    with pytest.raises(InputError, match=r"Weights only load failed\); .*save the state_dict alone"):
+        read_state_dict(tmp_path / "result.pt")
 
 
 def test_other_layouts_are_refused_by_name(tmp_path):

@@ -27,6 +27,7 @@ the logits agree to float rounding (tests/test_torch_import.py).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jax
@@ -74,7 +75,11 @@ def _read_torch_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds (pickle, zip, unpickling refused)
-        raise InputError(f"{path} could not be read as a PyTorch state_dict ({type(e).__name__}: {e})") from None
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split(". ")[0].strip()  # torch's text has ANSI codes
+        raise InputError(f"{path} could not be read as a PyTorch state_dict ({type(e).__name__}: {first}); "
+                         "only tensors are loaded (weights_only): "
+                         "save the state_dict alone, e.g. torch.save(result['model'], 'model.pt') for "
+                         "BackdoorBench's attack_result.pt") from None
     if not isinstance(state, dict):
         raise InputError(f"{path} holds a {type(state).__name__}, not a state_dict; save model.state_dict()")
     return state
