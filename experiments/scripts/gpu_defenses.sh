@@ -24,12 +24,19 @@ ATTACKS=${ATTACKS:-"badnets blended sig wanet lc lf"}
 DEFENSES=${DEFENSES:-"dhbe pbe aft dfad ft"}       # CLP takes seconds on the CPU
 MAX_CELLS=${MAX_CELLS:-16}
 
-# The cells of ATTACKS x DEFENSES whose teacher is finished in $M and which the archive lacks,
-# one "attack defense" per line.
+# Where teacher $1 (a run name) is finished with its weights: $M/teachers/$1, or its archived
+# copy while its row is unfinished (the matrix archives it with model/ then); nothing if neither.
+teacher_source() {
+  if grep -q '"status": "complete"' "$M/teachers/$1/record.json" 2>/dev/null; then echo "$M/teachers/$1"
+  elif [ -d "$ARCHIVE/teachers/$1/model" ]; then echo "$ARCHIVE/teachers/$1"; fi
+}
+
+# The cells of ATTACKS x DEFENSES whose teacher is finished (teacher_source) and which the archive
+# lacks, one "attack defense" per line.
 missing_cells() {
   for a in $ATTACKS; do
     t=cifar10-preact_resnet18-$a-s0
-    grep -q '"status": "complete"' "$M/teachers/$t/record.json" 2>/dev/null || continue
+    [ -n "$(teacher_source $t)" ] || continue
     for d in $DEFENSES; do
       [ -f "$ARCHIVE/defenses/$t-$d/record.json" ] || echo "$a $d"
     done
@@ -43,8 +50,8 @@ if [ "${1:-}" = prepare ]; then
   # Each cell's teacher, and the clean model that LC's and TrojanNN's teachers were made with
   # (the matrix would otherwise train it again before their defenses).
   for a in $(cut -d' ' -f1 .gpu/cells.txt | sort -u) clean; do
-    t=cifar10-preact_resnet18-$a-s0
-    if [ -d "$M/teachers/$t" ]; then cp -r "$M/teachers/$t" .gpu/teachers/ && rm -rf ".gpu/teachers/$t/checkpoints"; fi
+    t=cifar10-preact_resnet18-$a-s0; src=$(teacher_source $t)
+    if [ -n "$src" ]; then cp -r "$src" .gpu/teachers/ && rm -rf ".gpu/teachers/$t/checkpoints"; fi
   done
   cat .gpu/cells.txt; du -sh .whl .gpu; exit 0
 fi
