@@ -12,9 +12,9 @@ import pytest
 from backdoor_core.errors import InputError
 from backdoor_core.models import build_model
 from backdoor_core.models.torch_import import convert_state_dict, read_state_dict
-from tests.torch_reference import FIXTURES, MEAN, STD
+from tests.torch_reference import FIXTURES, MEAN, STD, WIDTHS
 
-ARCHS = ("preact_resnet18", "resnet18")
+ARCHS = tuple(WIDTHS)
 
 
 def fixture(arch):
@@ -28,7 +28,7 @@ def fixture(arch):
 def test_imported_weights_give_the_torch_models_logits(arch):
     state, images, logits = fixture(arch)
     spec, variables = convert_state_dict(state, arch, (32, 32, 3), MEAN, STD)
-    assert (spec.width, spec.num_classes) == (1 / 16, 10)
+    assert (spec.width, spec.num_classes) == (WIDTHS[arch], 10)
     ours = np.asarray(build_model(spec).apply(variables, images, train=False))
     np.testing.assert_allclose(ours, logits, rtol=1e-4, atol=1e-5 * np.abs(logits).max())
     # The BatchNorm statistics matter: without them the logits are other ones.
@@ -67,6 +67,9 @@ def test_other_layouts_are_refused_by_name(tmp_path):
     with pytest.raises(InputError, match="has no 'linear.weight'"):
         convert_state_dict({k: v for k, v in state.items() if not k.startswith("linear")}, "preact_resnet18",
                            (32, 32, 3), MEAN, STD)
+    wrn, _, _ = fixture("wrn16_2")
+    with pytest.raises(InputError, match=r"block1.layer.0.conv1.weight has shape \(8, 4, 3, 3\).*expects \(3, 3, 4, 4\)"):
+        convert_state_dict(wrn, "wrn16_1", (32, 32, 3), MEAN, STD)  # WRN-16-2 weights as WRN-16-1
     with pytest.raises(InputError, match="does not exist"):
         read_state_dict(tmp_path / "missing.pt")
     (tmp_path / "bad.npz").write_text("not an npz")

@@ -83,16 +83,60 @@ def torch_models():
                 out = getattr(self, f"layer{stage + 1}")(out)
             return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
+    class WideBlock(nn.Module):  # DFAD's wresnet BasicBlock, without dropout
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.bn1 = nn.BatchNorm2d(cin)
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.equal = cin == cout and stride == 1
+            self.convShortcut = None if self.equal else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+        def forward(self, x):
+            act = F.relu(self.bn1(x))
+            out = self.conv2(F.relu(self.bn2(self.conv1(act))))
+            return out + (x if self.equal else self.convShortcut(act))
+
+    class NetworkBlock(nn.Module):
+        def __init__(self, n, cin, cout, stride):
+            super().__init__()
+            self.layer = nn.Sequential(*[WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                                         for i in range(n)])
+
+        def forward(self, x):
+            return self.layer(x)
+
+    class WideResNet(nn.Module):
+        def __init__(self, depth, widen, num_classes=10, width=1.0):
+            super().__init__()
+            n = (depth - 4) // 6
+            c = [max(1, int(round(ch * width))) for ch in (16, 16 * widen, 32 * widen, 64 * widen)]
+            self.conv1 = nn.Conv2d(3, c[0], 3, 1, 1, bias=False)
+            self.block1 = NetworkBlock(n, c[0], c[1], 1)
+            self.block2 = NetworkBlock(n, c[1], c[2], 2)
+            self.block3 = NetworkBlock(n, c[2], c[3], 2)
+            self.bn1 = nn.BatchNorm2d(c[3])
+            self.fc = nn.Linear(c[3], num_classes)
+
+        def forward(self, x):
+            out = self.block3(self.block2(self.block1(self.conv1(x))))
+            return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn1(out)), 1).flatten(1))
+
     return {"preact_resnet18": lambda **kw: CifarResNet(PreActBlock, True, **kw),
-            "resnet18": lambda **kw: CifarResNet(BasicBlock, False, **kw)}
+            "resnet18": lambda **kw: CifarResNet(BasicBlock, False, **kw),
+            "wrn16_2": lambda **kw: WideResNet(16, 2, **kw)}
 
 
-def randomised_model(arch: str, num_classes: int = 10, width: float = 1 / 16, seed: int = 0):
+WIDTHS = {"preact_resnet18": 1 / 16, "resnet18": 1 / 16, "wrn16_2": 0.25}  # small fixtures
+
+
+def randomised_model(arch: str, num_classes: int = 10, width: float | None = None, seed: int = 0):
     """An eval-mode torch model of `arch` with random weights and random BatchNorm statistics."""
     import torch
 
     torch.manual_seed(seed)
-    model = torch_models()[arch](num_classes=num_classes, width=width)
+    model = torch_models()[arch](num_classes=num_classes, width=WIDTHS[arch] if width is None else width)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -124,6 +168,6 @@ def write_fixture(arch: str, path: Path) -> None:
 
 if __name__ == "__main__":
     FIXTURES.mkdir(exist_ok=True)
-    for name in ("preact_resnet18", "resnet18"):
+    for name in WIDTHS:
         write_fixture(name, FIXTURES / f"torch_{name}.npz")
         print(FIXTURES / f"torch_{name}.npz")

@@ -8,12 +8,15 @@ their backdoors here without training them again. Supported layouts (state_dict 
                    (a state_dict with a final `bn.*` is another architecture and is refused).
   resnet18/34      the kuangliu / DFAD / DHBE CIFAR `ResNet18` (`resnet_8x`): conv1, bn1,
                    layer{1-4}.{b}.{conv1, bn1, conv2, bn2, shortcut.0, shortcut.1}, linear.
+  wrn16_1 ... 40_2 the DFAD / DHBE `WideResNet` (`wresnet.py`, no dropout at inference): conv1,
+                   block{1-3}.layer.{b}.{bn1, conv1, bn2, conv2, convShortcut}, bn1, fc.
 
 Steps of `convert_state_dict`:
   1. read the arrays (`read_state_dict`: a .npz of numpy arrays, or a torch file when torch is
      installed; a `module.` prefix of DataParallel and a wrapping {'model' | 'state_dict': ...}
      are removed);
-  2. infer the width multiplier (stem channels / 64) and the number of classes (linear rows);
+  2. infer the width multiplier (stem channels / 64, WRN: / 16) and the number of classes (the
+     classifier's rows);
   3. map each tensor to its parameter: conv [O, I, kh, kw] -> kernel [kh, kw, I, O], linear
      [out, in] -> kernel [in, out], BatchNorm weight/bias -> scale/bias and running_mean/var ->
      batch_stats mean/var (num_batches_tracked is dropped);
@@ -37,8 +40,21 @@ from flax import traverse_util
 from backdoor_core.errors import InputError
 from backdoor_core.models import ModelSpec, init_variables
 
-STAGE_SIZES = {"preact_resnet18": (2, 2, 2, 2), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
-BASE_CHANNELS = 64
+STAGE_SIZES = {"preact_resnet18": (2, 2, 2, 2), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3),
+               **{f"wrn{d}_{k}": (((d - 4) // 6),) * 3 for d, k in ((16, 1), (16, 2), (16, 4), (40, 1), (40, 2))}}
+
+
+def is_wrn(name: str) -> bool:
+    return name.startswith("wrn")
+
+
+def base_channels(name: str) -> int:
+    """Stem channels at width 1 (the width multiplier is the stem's channels over this)."""
+    return 16 if is_wrn(name) else 64
+
+
+def classifier_key(name: str) -> str:
+    return "fc" if is_wrn(name) else "linear"
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -87,11 +103,12 @@ def _read_torch_file(path: Path) -> dict:
 
 def infer_architecture(state: dict[str, np.ndarray], name: str) -> tuple[float, int]:
     """Step 2: (width multiplier, number of classes) of a state_dict of architecture `name`."""
-    for key in ("conv1.weight", "linear.weight"):
+    head = f"{classifier_key(name)}.weight"
+    for key in ("conv1.weight", head):
         if key not in state:
-            raise InputError(f"the state_dict has no {key!r}; expected the kuangliu/BackdoorBench {name} layout "
-                             f"(keys: conv1, layer1-4, linear); found {_sample(state)}")
-    return state["conv1.weight"].shape[0] / BASE_CHANNELS, int(state["linear.weight"].shape[0])
+            raise InputError(f"the state_dict has no {key!r}; expected the {name} layout of "
+                             f"backdoor_core/models/torch_import.py; found {_sample(state)}")
+    return state["conv1.weight"].shape[0] / base_channels(name), int(state[head].shape[0])
 
 
 def _sample(state: dict, n: int = 6) -> str:
@@ -112,6 +129,8 @@ def layout(name: str, has_shortcut) -> list[tuple[str, tuple, str, str]]:
     `has_shortcut(block index)` says whether a block has a projection shortcut."""
     if name not in STAGE_SIZES:
         raise InputError(f"no PyTorch layout for model {name!r}; expected one of {', '.join(STAGE_SIZES)}")
+    if is_wrn(name):
+        return _wrn_layout(name, has_shortcut)
     preact = name.startswith("preact")
     rows = [("params", ("stem", "kernel"), "conv1.weight", "conv")]
     if not preact:
@@ -135,6 +154,28 @@ def layout(name: str, has_shortcut) -> list[tuple[str, tuple, str, str]]:
     return rows
 
 
+def _wrn_layout(name: str, has_shortcut) -> list[tuple[str, tuple, str, str]]:
+    """`layout` of the DFAD/DHBE WideResNet: its blocks are our PreActBlock (the projection
+    shortcut reads relu(bn1(x)) in both), then a final BN (`bn1`) and `fc`."""
+    rows = [("params", ("stem", "kernel"), "conv1.weight", "conv")]
+    index = 0
+    for group, blocks in enumerate(STAGE_SIZES[name]):
+        for b in range(blocks):
+            flax_block, torch_block = f"PreActBlock_{index}", f"block{group + 1}.layer.{b}"
+            rows += [("params", (flax_block, "Conv_0", "kernel"), f"{torch_block}.conv1.weight", "conv"),
+                     ("params", (flax_block, "Conv_1", "kernel"), f"{torch_block}.conv2.weight", "conv")]
+            rows += _bn((flax_block, "BatchNorm_0"), f"{torch_block}.bn1")
+            rows += _bn((flax_block, "BatchNorm_1"), f"{torch_block}.bn2")
+            if has_shortcut(index):
+                rows.append(("params", (flax_block, "shortcut", "kernel"), f"{torch_block}.convShortcut.weight",
+                             "conv"))
+            index += 1
+    rows += _bn(("final_bn",), "bn1")
+    rows += [("params", ("classifier", "kernel"), "fc.weight", "linear"),
+             ("params", ("classifier", "bias"), "fc.bias", "copy")]
+    return rows
+
+
 TRANSFORMS = {"copy": lambda a: a, "conv": lambda a: a.transpose(2, 3, 1, 0), "linear": lambda a: a.T}
 
 
@@ -148,7 +189,7 @@ def convert_state_dict(state: dict[str, np.ndarray], name: str, image_shape: tup
     like = jax.eval_shape(lambda: init_variables(spec, jax.random.PRNGKey(0)))
     flat = {(collection, *path): leaf for collection in like for path, leaf in
             traverse_util.flatten_dict(like[collection]).items()}
-    preact = name.startswith("preact")
+    preact = name.startswith("preact") or is_wrn(name)
     blocks = {path[1] for path in flat if path[0] == "params" and ("shortcut" if preact else "shortcut_conv") in path}
     prefix = "PreActBlock" if preact else "BasicBlock"
     rows = layout(name, lambda i: f"{prefix}_{i}" in blocks)
@@ -156,7 +197,7 @@ def convert_state_dict(state: dict[str, np.ndarray], name: str, image_shape: tup
     for collection, path, key, transform in rows:
         if key not in state:
             raise InputError(f"the {name} state_dict has no {key!r} (for {'/'.join(path)}); "
-                             f"expected the kuangliu/BackdoorBench layout; found {_sample(state)}")
+                             f"expected the layout of backdoor_core/models/torch_import.py; found {_sample(state)}")
         value = TRANSFORMS[transform](np.asarray(state[key], np.float32))
         expected = flat.get((collection, *path))
         if expected is None or tuple(value.shape) != tuple(expected.shape):

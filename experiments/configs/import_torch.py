@@ -24,7 +24,7 @@ def get_config():
     base = attack_base.get_config()
     c = ml_collections.ConfigDict()
     c.weights = ml_collections.config_dict.placeholder(str)  # .pt/.pth (torch installed) or .npz state_dict
-    c.model = "preact_resnet18"  # preact_resnet18 | resnet18 | resnet34 (backdoor_core/models/torch_import.py)
+    c.model = "preact_resnet18"  # preact_resnet18 | resnet18 | resnet34 | wrn16_1 ... wrn40_2 (torch_import.py)
     c.dataset = "../shared/data/cifar10.tar.gz"
     c.mean = ml_collections.config_dict.placeholder(tuple)  # the PyTorch training's normalisation
     c.std = ml_collections.config_dict.placeholder(tuple)
