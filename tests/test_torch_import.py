@@ -11,7 +11,7 @@ import pytest
 
 from backdoor_core.errors import InputError
 from backdoor_core.models import build_model
-from backdoor_core.models.torch_import import convert_state_dict, read_state_dict
+from backdoor_core.models.torch_import import convert_state_dict, export_state_dict, read_state_dict
 from tests.torch_reference import FIXTURES, MEAN, STD, WIDTHS
 
 ARCHS = tuple(WIDTHS)
@@ -35,6 +35,28 @@ def test_imported_weights_give_the_torch_models_logits(arch):
     zeroed = jax.tree_util.tree_map(np.zeros_like, variables["batch_stats"])
     other = np.asarray(build_model(spec).apply({**variables, "batch_stats": zeroed}, images, train=False))
     assert np.abs(other - logits).max() > 100 * np.abs(ours - logits).max()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_export_gives_back_the_state_dict_it_was_imported_from(arch):
+    state, _, _ = fixture(arch)  # an untrained torch model: its num_batches_tracked are 0
+    spec, variables = convert_state_dict(state, arch, (32, 32, 3), MEAN, STD)
+    exported = export_state_dict(variables, spec)
+    assert sorted(exported) == sorted(state)
+    assert all(exported[k].dtype == state[k].dtype and np.array_equal(exported[k], state[k]) for k in state)
+
+
+def test_an_exported_model_gives_our_logits_in_torch():
+    torch = pytest.importorskip("torch")
+    from tests.torch_reference import randomised_model, torch_logits
+
+    state, images, _ = fixture("preact_resnet18")
+    spec, variables = convert_state_dict(state, "preact_resnet18", (32, 32, 3), MEAN, STD)
+    variables = jax.tree_util.tree_map(lambda a: a * 1.1, variables)  # another model than the fixture's
+    model = randomised_model("preact_resnet18", seed=1)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in export_state_dict(variables, spec).items()})
+    ours = np.asarray(build_model(spec).apply(variables, images, train=False))
+    np.testing.assert_allclose(torch_logits(model, images), ours, rtol=1e-4, atol=1e-5 * np.abs(ours).max())
 
 
 def test_a_wrapped_prefixed_state_dict_reads_the_same(tmp_path):
@@ -121,6 +143,18 @@ def test_the_import_command_writes_an_attack_run_the_defenses_read(tmp_path, dig
     purified = tmp_path / "clp"
     erase_run("clp", str(run), None, str(purified))
     assert json.loads((purified / "record.json").read_text())["teacher_metrics"] == record["metrics"]
+
+    # ... and the purified model goes back to PyTorch's layout: the teacher's tensors, pruned.
+    export = [sys.executable, "-m", "experiments.export_model", f"--run={purified}", f"--out={tmp_path / 'p.npz'}"]
+    done = subprocess.run(export, capture_output=True, text=True)
+    assert done.returncode == 0 and "normalise its inputs with mean [0.4914" in done.stdout, done.stderr[-2000:]
+    with np.load(tmp_path / "p.npz") as f:
+        exported = {k: f[k] for k in f.files}
+    assert sorted(exported) == sorted(state)
+    changed = [k for k in state if not np.array_equal(exported[k], state[k])]
+    assert changed and all(".bn" in k for k in changed)  # CLP zeroes BN channels only
+    again = subprocess.run(export, capture_output=True, text=True)
+    assert again.returncode == 2 and "nothing is overwritten" in again.stderr
 
 
 @pytest.mark.parametrize("extra, mean, message", [

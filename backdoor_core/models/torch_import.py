@@ -11,6 +11,8 @@ their backdoors here without training them again. Supported layouts (state_dict 
   wrn16_1 ... 40_2 the DFAD / DHBE `WideResNet` (`wresnet.py`, no dropout at inference): conv1,
                    block{1-3}.layer.{b}.{bn1, conv1, bn2, conv2, convShortcut}, bn1, fc.
 
+`export_state_dict` goes the other way, for a purified model evaluated in PyTorch code.
+
 Steps of `convert_state_dict`:
   1. read the arrays (`read_state_dict`: a .npz of numpy arrays, or a torch file when torch is
      installed; a `module.` prefix of DataParallel and a wrapping {'model' | 'state_dict': ...}
@@ -177,6 +179,7 @@ def _wrn_layout(name: str, has_shortcut) -> list[tuple[str, tuple, str, str]]:
 
 
 TRANSFORMS = {"copy": lambda a: a, "conv": lambda a: a.transpose(2, 3, 1, 0), "linear": lambda a: a.T}
+INVERSE = {"copy": lambda a: a, "conv": lambda a: a.transpose(3, 2, 0, 1), "linear": lambda a: a.T}
 
 
 def convert_state_dict(state: dict[str, np.ndarray], name: str, image_shape: tuple[int, int, int],
@@ -216,3 +219,20 @@ def convert_state_dict(state: dict[str, np.ndarray], name: str, image_shape: tup
     variables = {collection: traverse_util.unflatten_dict({p[1:]: v for p, v in values.items() if p[0] == collection})
                  for collection in like}
     return spec, variables
+
+
+def export_state_dict(variables: dict, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The inverse of `convert_state_dict`: {torch key: array} of a model of a supported
+    architecture, for the PyTorch module of the same layout (`model.load_state_dict` with
+    `torch.from_numpy` of each array; BatchNorm's num_batches_tracked are 0). The model's
+    normalisation (spec.mean/std) is not in a state_dict: the PyTorch side applies it to its inputs."""
+    flat = {(collection, *path): np.asarray(leaf) for collection in ("params", "batch_stats")
+            for path, leaf in traverse_util.flatten_dict(variables.get(collection, {})).items()}
+    blocks = {path[1] for path in flat if path[0] == "params" and path[-2] in ("shortcut", "shortcut_conv")}
+    prefix = "BasicBlock" if spec.name.startswith("resnet") else "PreActBlock"
+    state = {}
+    for collection, path, key, transform in layout(spec.name, lambda i: f"{prefix}_{i}" in blocks):
+        state[key] = np.ascontiguousarray(INVERSE[transform](flat[(collection, *path)]), np.float32)
+        if key.endswith(".running_var"):
+            state[key[:-len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
+    return state
