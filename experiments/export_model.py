@@ -14,7 +14,6 @@ mean and std this command prints. An existing --out is never overwritten.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from absl import app, flags
 
