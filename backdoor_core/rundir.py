@@ -53,7 +53,23 @@ def versions() -> dict:
 
     return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
             "optax": optax.__version__, "orbax": ocp.__version__, "backend": jax.default_backend(),
-            "devices": jax.device_count()}
+            "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind, **host_cpu()}
+
+
+def host_cpu() -> dict:
+    """{'cpu': model name, 'avx512': bool} of this host, as far as Linux says (else platform's
+    guess): whether a CPU training could repeat another bit for bit depends on the instruction set."""
+    info = {"cpu": platform.processor() or platform.machine()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            info["cpu"] = line.split(":", 1)[1].strip()
+            break
+    info["avx512"] = "avx512f" in text
+    return info
 
 
 def append_history(run_dir: Path, row: dict) -> None:

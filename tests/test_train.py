@@ -43,6 +43,8 @@ def test_training_learns_real_digits(clean_digits_fit):
     assert result.history[-1]["test_acc"] > 0.85
     record = rundir.read_record(run_dir)
     assert record["status"] == "complete" and record["metrics"]["test_acc"] == result.history[-1]["test_acc"]
+    # The machine is recorded: whether another run can repeat this one bit for bit depends on it.
+    assert record["versions"]["device_kind"] and record["versions"]["cpu"]
     loaded_spec, model, variables = rundir.load_model(run_dir)
     assert loaded_spec == spec and tree_equal(variables, result.variables)
 
