@@ -126,6 +126,15 @@ def _bn(flax_path: tuple[str, ...], torch_prefix: str) -> list[tuple[str, tuple,
             ("batch_stats", (*flax_path, "var"), f"{torch_prefix}.running_var", "copy")]
 
 
+def _block_rows(flax_block: str, torch_block: str) -> list[tuple[str, tuple, str, str]]:
+    """The rows of a basic block's two 3x3 convolutions and two BatchNorms (conv1/bn1 and
+    conv2/bn2 there are Conv_0/BatchNorm_0 and Conv_1/BatchNorm_1 here, in every layout)."""
+    return [("params", (flax_block, "Conv_0", "kernel"), f"{torch_block}.conv1.weight", "conv"),
+            ("params", (flax_block, "Conv_1", "kernel"), f"{torch_block}.conv2.weight", "conv"),
+            *_bn((flax_block, "BatchNorm_0"), f"{torch_block}.bn1"),
+            *_bn((flax_block, "BatchNorm_1"), f"{torch_block}.bn2")]
+
+
 def layout(name: str, has_shortcut) -> list[tuple[str, tuple, str, str]]:
     """Step 3's table for architecture `name`: (collection, flax path, torch key, transform) rows;
     `has_shortcut(block index)` says whether a block has a projection shortcut."""
@@ -141,10 +150,7 @@ def layout(name: str, has_shortcut) -> list[tuple[str, tuple, str, str]]:
     for stage, blocks in enumerate(STAGE_SIZES[name]):
         for b in range(blocks):
             flax_block, torch_block = f"{'PreActBlock' if preact else 'BasicBlock'}_{index}", f"layer{stage + 1}.{b}"
-            rows += [("params", (flax_block, "Conv_0", "kernel"), f"{torch_block}.conv1.weight", "conv"),
-                     ("params", (flax_block, "Conv_1", "kernel"), f"{torch_block}.conv2.weight", "conv")]
-            rows += _bn((flax_block, "BatchNorm_0"), f"{torch_block}.bn1")
-            rows += _bn((flax_block, "BatchNorm_1"), f"{torch_block}.bn2")
+            rows += _block_rows(flax_block, torch_block)
             if has_shortcut(index):
                 conv = "shortcut" if preact else "shortcut_conv"
                 rows.append(("params", (flax_block, conv, "kernel"), f"{torch_block}.shortcut.0.weight", "conv"))
@@ -164,10 +170,7 @@ def _wrn_layout(name: str, has_shortcut) -> list[tuple[str, tuple, str, str]]:
     for group, blocks in enumerate(STAGE_SIZES[name]):
         for b in range(blocks):
             flax_block, torch_block = f"PreActBlock_{index}", f"block{group + 1}.layer.{b}"
-            rows += [("params", (flax_block, "Conv_0", "kernel"), f"{torch_block}.conv1.weight", "conv"),
-                     ("params", (flax_block, "Conv_1", "kernel"), f"{torch_block}.conv2.weight", "conv")]
-            rows += _bn((flax_block, "BatchNorm_0"), f"{torch_block}.bn1")
-            rows += _bn((flax_block, "BatchNorm_1"), f"{torch_block}.bn2")
+            rows += _block_rows(flax_block, torch_block)
             if has_shortcut(index):
                 rows.append(("params", (flax_block, "shortcut", "kernel"), f"{torch_block}.convShortcut.weight",
                              "conv"))
