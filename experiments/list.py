@@ -1,5 +1,6 @@
 """What this installation knows: the models, attacks and defenses by name, built-in and from
-plugins (docs/extending.md), with where each comes from and its settings.
+plugins (docs/extending.md), with where each comes from and its settings (and, for models, whether
+PyTorch weights of their layout import: `backdoor_core/models/torch_import.py`).
 
   python -m experiments.list
 
@@ -28,11 +29,12 @@ def registry_listing() -> dict[str, list[dict]]:
     from attacks import registry as attacks
     from attacks.base import AttackConfig
     from backdoor_core import models
+    from backdoor_core.models.torch_import import STAGE_SIZES
     from experiments import defenses
 
     out = {"models": [], "attacks": [], "defenses": []}
     for name, entry in models.MODELS.items():
-        row = {"name": name, "origin": _origin(entry, name in models.BUILT_IN)}
+        row = {"name": name, "origin": _origin(entry, name in models.BUILT_IN), "torch_layout": name in STAGE_SIZES}
         try:
             models.model_constructor(name)
         except InputError as e:
@@ -77,7 +79,7 @@ def format_listing(listing: dict[str, list[dict]]) -> str:
             elif section == "defenses":
                 detail = f"config {r['config']}" + (f" (variants: {', '.join(r['variants'])})" if r["variants"] else "")
             else:
-                detail = ""
+                detail = "PyTorch weights: experiments.import_model / export_model" if r.get("torch_layout") else ""
             lines.append(f"  {r['name']:18s} {r['origin']:12s} {detail}".rstrip())
     return "\n".join(lines)
 

@@ -158,7 +158,10 @@ def test_the_listing_shows_every_registry_and_a_broken_plugin_as_unavailable(mon
     assert "no_such_module is not available" in attacks["gone"]["error"]
     defense = {r["name"]: r for r in listing["defenses"]}["my_clp"]
     assert defense["config"] == "experiments.configs.erase_clp" and defense["variants"] == ["cpu", "paper", "smoke"]
-    assert "error" in {r["name"]: r for r in listing["models"]}["gone_model"]
+    listed_models = {r["name"]: r for r in listing["models"]}
+    assert "error" in listed_models["gone_model"]
+    assert listed_models["wrn16_2"]["torch_layout"] and not listed_models["small_cnn"]["torch_layout"]
     text = format_listing(listing)
     assert "attacks (11):" in text and "UNAVAILABLE: attack 'gone' is registered but its module" in text
     assert "  my_clp " in text and "(variants: cpu, paper, smoke)" in text
+    assert "PyTorch weights: experiments.import_model" in text
