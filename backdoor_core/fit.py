@@ -61,7 +61,8 @@ def fit(spec: ModelSpec, train: Split, config: TrainConfig, run_dir: Path, *, me
       initial_variables: start from these instead of a fresh initialisation.
       record: extra fields for record.json; its 'config' entries join the resume check.
       stop_after_steps: stop (after checkpointing) once this many steps are done, leaving the
-        run resumable; used for time-boxed sessions and resume tests.
+        run resumable (at an epoch's last step, after that epoch's evaluation and history row);
+        used for time-boxed sessions and resume tests.
     Returns:
       FitResult with the final variables (host arrays) and the history.
     """
@@ -133,8 +134,11 @@ def _run_epochs(step_fn, state: TrainState, train: Split, config: TrainConfig, m
             seen += len(idx)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}", refresh=False)
-            # Ctrl-C / SIGTERM under the CLI stops mid-epoch here, or at the epoch's end below.
-            if (stop_after_steps is not None and step >= stop_after_steps) or (stop_requested() and step % spe):
+            # A step budget or a Ctrl-C / SIGTERM under the CLI stops mid-epoch here, or at the
+            # epoch's end below, after its evaluation: a resumed run starts with the next epoch,
+            # so stopping here at an epoch's last step would lose that epoch's history row.
+            budget_spent = stop_after_steps is not None and step >= stop_after_steps
+            if (budget_spent and step % spe) or (stop_requested() and step % spe):
                 checkpoints.save(step, state)
                 return state, False
             if every and step % every == 0 and step % spe:
@@ -148,6 +152,6 @@ def _run_epochs(step_fn, state: TrainState, train: Split, config: TrainConfig, m
         if progress:
             tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         checkpoints.save(step, state)
-        if stop_requested():
+        if (stop_after_steps is not None and step >= stop_after_steps) or stop_requested():
             return state, epoch + 1 == config.epochs
     return state, True

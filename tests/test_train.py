@@ -49,11 +49,14 @@ def test_training_learns_real_digits(clean_digits_fit):
     assert loaded_spec == spec and tree_equal(variables, result.variables)
 
 
-def test_resume_mid_epoch_equals_uninterrupted_run(mnist_subset, mesh1, tmp_path):
+@pytest.mark.parametrize("stop_after", [6, 4])
+def test_resume_mid_epoch_equals_uninterrupted_run(mnist_subset, mesh1, tmp_path, stop_after):
+    """A step budget that ends mid-epoch (6) or at an epoch's last step (4: its evaluation and
+    history row are written before stopping, so the resumed run has every epoch's row)."""
     train = mixed(mnist_subset[0], 128)  # 4 steps per epoch
     spec = small_spec(train)
     full = fit(spec, train, TINY, tmp_path / "full", mesh=mesh1, progress=False)
-    part = fit(spec, train, TINY, tmp_path / "part", mesh=mesh1, stop_after_steps=6, progress=False)
+    part = fit(spec, train, TINY, tmp_path / "part", mesh=mesh1, stop_after_steps=stop_after, progress=False)
     assert not part.complete and rundir.read_record(tmp_path / "part")["status"] == "running"
     resumed = fit(spec, train, TINY, tmp_path / "part", mesh=mesh1, progress=False)
     assert resumed.complete
