@@ -39,8 +39,11 @@ defense run directory in `out` made on another teacher is reported 'stale', not 
 To spare that retraining, a teacher whose defense cells are not all finished is archived with
 its weights (model/, poisoned_indices.npy, its trigger files whatever their size; and the clean
 model it was made with, if any: about 3 MB each for PreAct-ResNet-18 x1/4): the next machine runs
-the remaining cells on the archived teacher, and the weights leave the archive when the row is
-complete (`--config.archive_weights=False` archives results only).
+the remaining cells on the archived teacher (`--config.archive_weights=False` archives results
+only). The weights leave the archive in a run with `--config.release_weights=True`, for each
+teacher whose cells of that run's config have all finished: only a run over the whole row may
+say the row is complete (a run of some of its defenses cannot), so this is asked for, not
+automatic (`experiments/scripts/refresh_archive_docs.py` does it with the whole CIFAR-10 matrix).
 """
 
 from __future__ import annotations
@@ -266,8 +269,10 @@ class Matrix:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / CELLS
         self.archive = Path(cfg.archive).expanduser() if cfg.get("archive") else None
-        # Archive teachers with unfinished defense cells with their weights (a few MB each).
+        # Archive teachers with unfinished defense cells with their weights (a few MB each), and
+        # (release_weights) drop them once this config's cells of the teacher have all finished.
         self.keep_weights = bool(cfg.get("archive_weights", True))
+        self.release = bool(cfg.get("release_weights", False))
         self.previous = {}
         self.reload_log()
 
@@ -518,7 +523,7 @@ class Matrix:
                 rows.append(self.result_row(ids, defense, outcome))
                 outcomes.append(outcome["status"])
                 bar.update(1)
-            if all(status == "complete" for status in outcomes) and teacher["status"] == "complete":
+            if self.release and teacher["status"] == "complete" and all(s == "complete" for s in outcomes):
                 self.release_weights(teacher_dir, clean_run)
         bar.close()
         return rows

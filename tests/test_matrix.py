@@ -125,6 +125,7 @@ def test_an_archive_carries_finished_cells_to_a_machine_without_the_runs(tiny_ma
     archive = tmp_path / "archive"
     tiny_matrix.defenses = ("clp",)
     tiny_matrix.archive = str(archive)
+    tiny_matrix.archive_weights = False  # results only (weights: the next two tests)
     first = run_matrix(tiny_matrix)
     assert [r["status"] for r in first] == ["complete", "complete"]
     teacher = archive / "teachers" / "digits-small_cnn-badnets-s0"
@@ -172,6 +173,7 @@ def test_a_defense_cell_made_on_another_teacher_is_not_reused(tiny_matrix, tmp_p
     archive = tmp_path / "archive"
     tiny_matrix.defenses = ("clp",)
     tiny_matrix.archive = str(archive)
+    tiny_matrix.archive_weights = False  # the teacher is trained again on the next machine
     first = run_matrix(tiny_matrix)
     archived_clp = archive / "defenses" / "digits-small_cnn-badnets-s0-clp" / "record.json"
     record = json.loads(archived_clp.read_text())
@@ -203,7 +205,7 @@ def test_a_defense_cell_made_on_another_teacher_is_not_reused(tiny_matrix, tmp_p
 def test_an_unfinished_row_keeps_its_teachers_weights_in_the_archive(tiny_matrix, tmp_path):
     """A session that ends before a teacher's defense cells all finish leaves the teacher's weights
     in the archive: the next machine runs the rest on them without training it again, and the
-    weights leave the archive once the row is complete."""
+    weights leave the archive once the row is complete, in a run asked to release them."""
     archive = tmp_path / "archive"
     tiny_matrix.archive = str(archive)
     first = run_matrix(tiny_matrix)  # FT's batch is larger than its clean set: that cell fails
@@ -217,6 +219,10 @@ def test_an_unfinished_row_keeps_its_teachers_weights_in_the_archive(tiny_matrix
     rest = run_matrix(tiny_matrix)
     assert [r["status"] for r in rest] == ["complete", "complete", "complete"]
     assert rest[0]["run"] == str(teacher) and not (out / "teachers").exists()  # not trained again
+    # The row is complete, but only a run asked to (one over the whole row) releases the weights.
+    assert (teacher / "model").is_dir()
+    tiny_matrix.release_weights = True
+    assert [r["status"] for r in run_matrix(tiny_matrix)] == ["complete", "complete", "complete"]
     assert [(r["C-Acc"], r["ASR"]) for r in rest[:2]] == [(r["C-Acc"], r["ASR"]) for r in first[:2]]
     ft = json.loads((out / "defenses" / "digits-small_cnn-badnets-s0-ft" / "record.json").read_text())
     assert ft["teacher_run"] == str(teacher) and ft["teacher_metrics"] == json.loads(
@@ -228,7 +234,7 @@ def test_an_unfinished_row_keeps_its_teachers_weights_in_the_archive(tiny_matrix
 def test_the_clean_model_of_an_unfinished_row_stays_in_the_archive_with_it(tiny_matrix, tmp_path):
     """LF's teacher is made with a clean model: while its row is unfinished both keep their
     weights in the archive, so neither trains again on the next machine; both drop them once the
-    row is complete."""
+    row is complete (in a run asked to release them)."""
     archive = tmp_path / "archive"
     tiny_matrix.archive = str(archive)
     tiny_matrix.attacks = ("lf",)
@@ -241,6 +247,7 @@ def test_the_clean_model_of_an_unfinished_row_stays_in_the_archive_with_it(tiny_
     out = tmp_path / "matrix"
     shutil.rmtree(out)
     tiny_matrix.defense_overrides.ft = dict(num_devices=1, aft=dict(batch_size=16, epochs=1))
+    tiny_matrix.release_weights = True
     rest = run_matrix(tiny_matrix)
     assert [r["status"] for r in rest] == ["complete", "complete", "complete"]
     assert not (out / "teachers").exists()  # neither the clean model nor the teacher trained again

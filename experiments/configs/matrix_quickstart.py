@@ -38,6 +38,7 @@ def get_config():
     c.reuse_only = False  # True: only tabulate cells that already finished
     c.archive = ""  # a folder: copy finished cells there (no checkpoints) and count archived cells as finished
     c.archive_weights = True  # with an archive: a teacher whose defense cells are unfinished is archived with its weights
+    c.release_weights = False  # True: drop them once every cell of this config on the teacher has finished
     c.attack_overrides = ml_collections.ConfigDict()
     pgd = dict(eps=EPS, alpha=EPS / 5, steps=7)
     c.defense_overrides = ml_collections.ConfigDict({
