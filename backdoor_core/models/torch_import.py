@@ -135,50 +135,52 @@ def _block_rows(flax_block: str, torch_block: str) -> list[tuple[str, tuple, str
             *_bn((flax_block, "BatchNorm_1"), f"{torch_block}.bn2")]
 
 
-def layout(name: str, has_shortcut) -> list[tuple[str, tuple, str, str]]:
+def _blocks(name: str) -> list[tuple[str, str]]:
+    """(flax block name, torch block prefix) of every residual block of `name`, in order: the
+    kuangliu ResNets' `layerS.B` and the DFAD/DHBE WideResNet's `blockG.layer.B`; the WideResNet's
+    blocks are our PreActBlock (the projection shortcut reads relu(bn1(x)) in both)."""
+    flax_name = "BasicBlock" if not (name.startswith("preact") or is_wrn(name)) else "PreActBlock"
+    torch_name = (lambda s, b: f"block{s + 1}.layer.{b}") if is_wrn(name) else (lambda s, b: f"layer{s + 1}.{b}")
+    torch_blocks = [torch_name(stage, b) for stage, blocks in enumerate(STAGE_SIZES[name]) for b in range(blocks)]
+    return [(f"{flax_name}_{index}", torch_block) for index, torch_block in enumerate(torch_blocks)]
+
+
+def _shortcut_blocks(flat: dict) -> set[str]:
+    """Names of the blocks with a projection shortcut among the flattened {(collection, *path): leaf}
+    variables of one of our models."""
+    return {path[1] for path in flat if path[0] == "params" and len(path) > 3 and path[2] in ("shortcut", "shortcut_conv")}
+
+
+def _shortcut_rows(name: str, flax_block: str, torch_block: str) -> list[tuple[str, tuple, str, str]]:
+    """The rows of one block's projection shortcut: a 1x1 convolution (`convShortcut` in the
+    WideResNet, `shortcut.0` in the kuangliu ResNets), followed by a BatchNorm in the post-activation ResNet."""
+    if is_wrn(name):
+        return [("params", (flax_block, "shortcut", "kernel"), f"{torch_block}.convShortcut.weight", "conv")]
+    if name.startswith("preact"):
+        return [("params", (flax_block, "shortcut", "kernel"), f"{torch_block}.shortcut.0.weight", "conv")]
+    return [("params", (flax_block, "shortcut_conv", "kernel"), f"{torch_block}.shortcut.0.weight", "conv"),
+            *_bn((flax_block, "shortcut_bn"), f"{torch_block}.shortcut.1")]
+
+
+def layout(name: str, shortcut_blocks: set[str]) -> list[tuple[str, tuple, str, str]]:
     """Step 3's table for architecture `name`: (collection, flax path, torch key, transform) rows;
-    `has_shortcut(block index)` says whether a block has a projection shortcut."""
+    `shortcut_blocks` names the (flax) blocks with a projection shortcut. The post-activation
+    ResNet has a BatchNorm after its stem (`bn1`), the WideResNet one before its head (also `bn1`)."""
     if name not in STAGE_SIZES:
         raise InputError(f"no PyTorch layout for model {name!r}; expected one of {', '.join(STAGE_SIZES)}")
-    if is_wrn(name):
-        return _wrn_layout(name, has_shortcut)
-    preact = name.startswith("preact")
+    wrn, post_activation = is_wrn(name), not (name.startswith("preact") or is_wrn(name))
     rows = [("params", ("stem", "kernel"), "conv1.weight", "conv")]
-    if not preact:
+    if post_activation:
         rows += _bn(("stem_bn",), "bn1")
-    index = 0
-    for stage, blocks in enumerate(STAGE_SIZES[name]):
-        for b in range(blocks):
-            flax_block, torch_block = f"{'PreActBlock' if preact else 'BasicBlock'}_{index}", f"layer{stage + 1}.{b}"
-            rows += _block_rows(flax_block, torch_block)
-            if has_shortcut(index):
-                conv = "shortcut" if preact else "shortcut_conv"
-                rows.append(("params", (flax_block, conv, "kernel"), f"{torch_block}.shortcut.0.weight", "conv"))
-                if not preact:
-                    rows += _bn((flax_block, "shortcut_bn"), f"{torch_block}.shortcut.1")
-            index += 1
-    rows += [("params", ("classifier", "kernel"), "linear.weight", "linear"),
-             ("params", ("classifier", "bias"), "linear.bias", "copy")]
-    return rows
-
-
-def _wrn_layout(name: str, has_shortcut) -> list[tuple[str, tuple, str, str]]:
-    """`layout` of the DFAD/DHBE WideResNet: its blocks are our PreActBlock (the projection
-    shortcut reads relu(bn1(x)) in both), then a final BN (`bn1`) and `fc`."""
-    rows = [("params", ("stem", "kernel"), "conv1.weight", "conv")]
-    index = 0
-    for group, blocks in enumerate(STAGE_SIZES[name]):
-        for b in range(blocks):
-            flax_block, torch_block = f"PreActBlock_{index}", f"block{group + 1}.layer.{b}"
-            rows += _block_rows(flax_block, torch_block)
-            if has_shortcut(index):
-                rows.append(("params", (flax_block, "shortcut", "kernel"), f"{torch_block}.convShortcut.weight",
-                             "conv"))
-            index += 1
-    rows += _bn(("final_bn",), "bn1")
-    rows += [("params", ("classifier", "kernel"), "fc.weight", "linear"),
-             ("params", ("classifier", "bias"), "fc.bias", "copy")]
-    return rows
+    for flax_block, torch_block in _blocks(name):
+        rows += _block_rows(flax_block, torch_block)
+        if flax_block in shortcut_blocks:
+            rows += _shortcut_rows(name, flax_block, torch_block)
+    if wrn:
+        rows += _bn(("final_bn",), "bn1")
+    head = "fc" if wrn else "linear"
+    return rows + [("params", ("classifier", "kernel"), f"{head}.weight", "linear"),
+                   ("params", ("classifier", "bias"), f"{head}.bias", "copy")]
 
 
 TRANSFORMS = {"copy": lambda a: a, "conv": lambda a: a.transpose(2, 3, 1, 0), "linear": lambda a: a.T}
@@ -195,10 +197,7 @@ def convert_state_dict(state: dict[str, np.ndarray], name: str, image_shape: tup
     like = jax.eval_shape(lambda: init_variables(spec, jax.random.PRNGKey(0)))
     flat = {(collection, *path): leaf for collection in like for path, leaf in
             traverse_util.flatten_dict(like[collection]).items()}
-    preact = name.startswith("preact") or is_wrn(name)
-    blocks = {path[1] for path in flat if path[0] == "params" and ("shortcut" if preact else "shortcut_conv") in path}
-    prefix = "PreActBlock" if preact else "BasicBlock"
-    rows = layout(name, lambda i: f"{prefix}_{i}" in blocks)
+    rows = layout(name, _shortcut_blocks(flat))
     used, values = set(), {}
     for collection, path, key, transform in rows:
         if key not in state:
@@ -231,10 +230,8 @@ def export_state_dict(variables: dict, spec: ModelSpec) -> dict[str, np.ndarray]
     normalisation (spec.mean/std) is not in a state_dict: the PyTorch side applies it to its inputs."""
     flat = {(collection, *path): np.asarray(leaf) for collection in ("params", "batch_stats")
             for path, leaf in traverse_util.flatten_dict(variables.get(collection, {})).items()}
-    blocks = {path[1] for path in flat if path[0] == "params" and path[-2] in ("shortcut", "shortcut_conv")}
-    prefix = "BasicBlock" if spec.name.startswith("resnet") else "PreActBlock"
     state = {}
-    for collection, path, key, transform in layout(spec.name, lambda i: f"{prefix}_{i}" in blocks):
+    for collection, path, key, transform in layout(spec.name, _shortcut_blocks(flat)):
         state[key] = np.ascontiguousarray(INVERSE[transform](flat[(collection, *path)]), np.float32)
         if key.endswith(".running_var"):
             state[key[:-len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
