@@ -135,11 +135,16 @@ def _block_rows(flax_block: str, torch_block: str) -> list[tuple[str, tuple, str
             *_bn((flax_block, "BatchNorm_1"), f"{torch_block}.bn2")]
 
 
+def _post_activation(name: str) -> bool:
+    """Whether `name` is the post-activation ResNet (BasicBlock, BN after the stem and in shortcuts)."""
+    return not (name.startswith("preact") or is_wrn(name))
+
+
 def _blocks(name: str) -> list[tuple[str, str]]:
     """(flax block name, torch block prefix) of every residual block of `name`, in order: the
     kuangliu ResNets' `layerS.B` and the DFAD/DHBE WideResNet's `blockG.layer.B`; the WideResNet's
     blocks are our PreActBlock (the projection shortcut reads relu(bn1(x)) in both)."""
-    flax_name = "BasicBlock" if not (name.startswith("preact") or is_wrn(name)) else "PreActBlock"
+    flax_name = "BasicBlock" if _post_activation(name) else "PreActBlock"
     torch_name = (lambda s, b: f"block{s + 1}.layer.{b}") if is_wrn(name) else (lambda s, b: f"layer{s + 1}.{b}")
     torch_blocks = [torch_name(stage, b) for stage, blocks in enumerate(STAGE_SIZES[name]) for b in range(blocks)]
     return [(f"{flax_name}_{index}", torch_block) for index, torch_block in enumerate(torch_blocks)]
@@ -168,9 +173,9 @@ def layout(name: str, shortcut_blocks: set[str]) -> list[tuple[str, tuple, str, 
     ResNet has a BatchNorm after its stem (`bn1`), the WideResNet one before its head (also `bn1`)."""
     if name not in STAGE_SIZES:
         raise InputError(f"no PyTorch layout for model {name!r}; expected one of {', '.join(STAGE_SIZES)}")
-    wrn, post_activation = is_wrn(name), not (name.startswith("preact") or is_wrn(name))
+    wrn = is_wrn(name)
     rows = [("params", ("stem", "kernel"), "conv1.weight", "conv")]
-    if post_activation:
+    if _post_activation(name):
         rows += _bn(("stem_bn",), "bn1")
     for flax_block, torch_block in _blocks(name):
         rows += _block_rows(flax_block, torch_block)
