@@ -6,7 +6,9 @@ Builds PBE's fine-tuning step (`pbe_jax.finetune.make_trainer`: augmentation, PG
 adversarial, one SGD step) for a fresh model at batch 128 (small_cnn x0.5 on 28x28x1, or
 PreAct-ResNet-18 x1/4 on 32x32x3) and, beside it, the same step with the flag traced and
 the PGD behind a `lax.cond` (the library's form until 2026-11-28). Times both kinds of step in
-alternation and prints the median seconds of each and the ratio.
+alternation and prints the median seconds of each and the ratio, and how far apart the two
+programs' parameters are after each step of the first round (both start from one state and see
+the same batches and keys: a nonzero gap is the two programs rounding differently).
 """
 
 import argparse
@@ -43,6 +45,12 @@ def cond_step(model, config: FinetuneConfig, tx):
     return jax.jit(step, donate_argnums=0)
 
 
+def params_gap(a, b) -> float:
+    """The largest absolute difference between two parameter pytrees of the same structure."""
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model", nargs="?", default="small_cnn", choices=sorted(SPECS))
@@ -65,6 +73,7 @@ def main():
     if args.cond_first:
         run = dict(reversed(list(run.items())))
     times = {(name, adv): [] for name in run for adv in (False, True)}
+    gaps = []
     for r in range(args.rounds + 1):  # round 0 compiles
         for adv in (False, True):
             for name, fn in run.items():
@@ -73,11 +82,15 @@ def main():
                 jax.block_until_ready(metrics)
                 if r:
                     times[name, adv].append(time.perf_counter() - start)
+            if not r:
+                gaps.append((adv, params_gap(states["static"].params, states["cond"].params)))
     print(f"{args.model}, batch 128, backend {jax.default_backend()}, median of {args.rounds}:")
     for adv in (False, True):
         cond, static = statistics.median(times["cond", adv]), statistics.median(times["static", adv])
         print(f"  {'adversarial' if adv else 'plain':11s} step: lax.cond {cond:7.3f} s, static flag {static:7.3f} s, "
               f"ratio {cond / static:5.2f}")
+    for adv, gap in gaps:
+        print(f"  after a{'n adversarial' if adv else ' plain'} step, max |static - lax.cond| over the parameters: {gap:.3g}")
 
 
 if __name__ == "__main__":
