@@ -102,7 +102,8 @@ def tables(run_dirs: list[Path]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", required=True, help="run directories (unfinished ones are skipped)")
+    parser.add_argument("--runs", nargs="+", required=True,
+                        help="run directories (unfinished ones and other folders are skipped; none finished: exit 2)")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args(argv)
     run_dirs = []
@@ -117,6 +118,10 @@ def main(argv=None) -> int:
                 print(f"skipped unfinished run {path}", file=sys.stderr)
         except InputError as e:
             print(f"skipped {path}: {e}", file=sys.stderr)
+    if not run_dirs:  # nothing to tabulate: say so instead of printing an empty table (and write no --out)
+        print(f"error: none of the {len(args.runs)} path(s) given is a finished run directory (a folder whose "
+              f"{rundir.RECORD} says status complete), e.g. {args.runs[0]}", file=sys.stderr)
+        return 2
     text = tables(run_dirs)
     print(text)
     if args.out:

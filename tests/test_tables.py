@@ -24,6 +24,14 @@ def test_table_row_matches_the_run_record(badnets_run, tmp_path):
     assert cells[5] == "2"  # epochs
 
 
+def test_table_without_a_finished_run_is_one_error_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "t.md"
+    assert table.main(["--runs", str(tmp_path / "missing"), str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: none of the 2 path(s) given is a finished run directory")
+    assert not out.exists()
+
+
 def test_wall_time_prefers_epoch_times_then_elapsed():
     assert table.wall_time([{"epoch_time_s": 60}, {"epoch_time_s": 30}]) == "1.5 min"
     assert table.wall_time([{"elapsed_s": 30}, {"elapsed_s": 120}]) == "2.0 min"
