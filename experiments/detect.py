@@ -1,7 +1,7 @@
 """Backdoor detection (`pbe_jax.detect`) on any number of finished run directories, as one table.
 
   python -m experiments.detect --runs ~/runs/attack_cifar10_badnets ~/runs/clean_cifar10 \
-      [--num_images 500] [--threshold 0.5] [--out docs/detection.md]
+      [--eps 6 [16 32 ...]] [--num_images 500] [--threshold 0.5] [--out docs/detection.md]
 
 For each run (clean training, attack or defense run) the model is loaded, `num_images` test
 images of its dataset are drawn (seeded) and used unlabelled, and untargeted PGD (PBE's eps
@@ -9,6 +9,9 @@ images of its dataset are drawn (seeded) and used unlabelled, and untargeted PGD
 target class (argmax of the adversarial predictions), the concentration (share of flipped images
 that land in it), the normalised entropy, the flip rate, the verdict `concentration >=
 threshold`, and, for attack runs, the true target. Ground truth is only printed, never used.
+Several `--eps` values give one row per run and budget (each model and its test set loaded once):
+the concentration of a backdoored model's adversarial examples can grow with the budget while a
+clean model's does not (`docs/results_cifar10.md`, "Detection").
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from backdoor_core.sharding import make_mesh
 from experiments.common import output_dir
 from experiments.table import markdown
 
-COLUMNS = ("run", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
+COLUMNS = ("run", "eps", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
            "backdoored_verdict", "seconds")
 
 
-def detect_run(run_dir: Path, config, mesh) -> dict:
-    """One table row: detection of the model saved in `run_dir` on its dataset's test images."""
+def detect_run(run_dir: Path, configs: dict[float, object], mesh) -> list[dict]:
+    """Table rows for the model saved in `run_dir` on its dataset's test images, one per entry
+    eps (in 1/255 units) -> DetectConfig of `configs`, in that order."""
     from pbe_jax import detect
 
     record = rundir.read_record(run_dir)
@@ -40,14 +44,18 @@ def detect_run(run_dir: Path, config, mesh) -> dict:
         raise InputError(f"{run_dir}/record.json names no dataset_source; expected a training, attack or defense run")
     _, module, variables = rundir.load_model(run_dir)
     _, test = load_dataset(source)
-    start = time.perf_counter()
-    result = detect(module, variables, test.images, config, mesh=mesh)
     attack = record.get("attack") or {}
-    return {"run": run_dir.name, "kind": record.get("kind", "train"), "attack": attack.get("name", "-"),
-            "true_target": attack.get("target", "-") if attack.get("mode", "all_to_one") == "all_to_one" else "-",
-            "suspected": result.suspected_target, "concentration": round(result.concentration, 4),
-            "entropy": round(result.normalized_entropy, 4), "flip_rate": round(result.flip_rate, 4),
-            "seconds": round(time.perf_counter() - start, 1), "counts": [int(c) for c in result.counts]}
+    ids = {"run": run_dir.name, "kind": record.get("kind", "train"), "attack": attack.get("name", "-"),
+           "true_target": attack.get("target", "-") if attack.get("mode", "all_to_one") == "all_to_one" else "-"}
+    rows = []
+    for eps, config in configs.items():
+        start = time.perf_counter()
+        result = detect(module, variables, test.images, config, mesh=mesh)
+        rows.append({**ids, "eps": f"{eps:g}", "suspected": result.suspected_target,
+                     "concentration": round(result.concentration, 4), "entropy": round(result.normalized_entropy, 4),
+                     "flip_rate": round(result.flip_rate, 4), "seconds": round(time.perf_counter() - start, 1),
+                     "counts": [int(c) for c in result.counts]})
+    return rows
 
 
 def markdown_table(rows: list[dict], threshold: float) -> str:
@@ -69,26 +77,29 @@ def main(argv=None) -> int:
     parser.add_argument("--num_images", type=int, default=500)
     parser.add_argument("--threshold", type=float, default=0.5, help="concentration at or above which a model is flagged")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eps", type=float, default=6.0,
-                        help="L-inf radius in 1/255 units (PBE's 6); the step is eps/5, 7 steps as in PBE")
+    parser.add_argument("--eps", type=float, nargs="+", default=[6.0],
+                        help="L-inf radius in 1/255 units (PBE's 6), or several (one row each); the step is eps/5, "
+                             "7 steps as in PBE")
     parser.add_argument("--out", help="also write the Markdown table (and a .json of the rows) here")
     args = parser.parse_args(argv)
     from attacks.pgd import PGDConfig
     from pbe_jax import DetectConfig
 
-    if not args.eps > 0:
-        parser.error(f"--eps {args.eps}: expected a positive radius in 1/255 units")
-    pgd = PGDConfig(eps=args.eps / 255, alpha=args.eps / 5 / 255, steps=7)
-    config = DetectConfig(pgd=pgd, num_images=args.num_images, seed=args.seed)
+    bad = [e for e in args.eps if not e > 0]
+    if bad:
+        parser.error(f"--eps {bad[0]:g}: expected positive radii in 1/255 units")
+    configs = {eps: DetectConfig(pgd=PGDConfig(eps=eps / 255, alpha=eps / 5 / 255, steps=7),
+                                 num_images=args.num_images, seed=args.seed) for eps in dict.fromkeys(args.eps)}
     mesh = make_mesh()
     rows = []
     for run in args.runs:
         run_dir = output_dir(run)
         try:
-            rows.append(detect_run(run_dir, config, mesh))
+            new = detect_run(run_dir, configs, mesh)
         except InputError as e:  # one unusable run does not stop the table
-            rows.append({"run": run_dir.name, "error": str(e)})
-        print(markdown_table(rows[-1:], args.threshold).splitlines()[-1], flush=True)
+            new = [{"run": run_dir.name, "error": str(e)}]
+        rows += new
+        print("\n".join(markdown_table(new, args.threshold).splitlines()[2:]), flush=True)
     table = markdown_table(rows, args.threshold)
     print(table)
     if args.out:

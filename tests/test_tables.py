@@ -51,6 +51,22 @@ def test_detect_cli_reports_one_row_per_run_and_errors_per_run(badnets_run, tmp_
     assert "badnets" in out.read_text()
 
 
+def test_detect_cli_gives_one_row_per_budget(badnets_run, tmp_path):
+    out = tmp_path / "d.md"
+    assert detect.main(["--runs", str(badnets_run), "--eps", "1", "32", "--num_images", "64", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["run"], r["eps"]) for r in rows] == [(badnets_run.name, "1"), (badnets_run.name, "32")]
+    small, large = rows
+    assert large["flip_rate"] > small["flip_rate"]  # the budget reached PGD: 32/255 flips more than 1/255
+    assert out.read_text().splitlines()[0].startswith("| run | eps |")
+
+
+def test_detect_cli_rejects_a_non_positive_budget(badnets_run, capsys):
+    with pytest.raises(SystemExit) as exc:
+        detect.main(["--runs", str(badnets_run), "--eps", "6", "0"])
+    assert exc.value.code == 2 and "--eps 0: expected positive radii" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("forced, expected", [("1", True), ("0", False)])
 def test_unroll_switch_env_override(monkeypatch, forced, expected):
     monkeypatch.setenv("BACKDOOR_UNROLL", forced)
