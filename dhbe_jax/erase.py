@@ -88,14 +88,18 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
             rundir.append_history(run_dir, row)
     start = int(state.iteration)
     last = config.iterations if stop_after is None else min(stop_after, config.iterations)
-    started = time.perf_counter()
+    # elapsed_s counts the loop time of every attempt: a resumed run goes on from the last row's
+    # (time between that row and the checkpoint it resumed from, and compile time, is included
+    # only for the attempt that spent it).
+    earlier = next((r["elapsed_s"] for r in reversed(history) if "elapsed_s" in r), 0.0)
+    started = time.perf_counter() - earlier
     for i in tqdm(range(start + 1, last + 1), desc="DHBE", initial=start, total=config.iterations,
                   disable=not progress):
         state, metrics = iteration(state, teacher_variables)
         stopping = i < last and stop_requested() is not None  # Ctrl-C / SIGTERM under the CLI
         if i % log_every == 0 or i % eval_every == 0 or i == last or stopping:
             row = {"step": i, **{k: float(v) for k, v in metrics.items()},
-                   "elapsed_s": round(time.perf_counter() - started, 3)}  # this process's loop time, compile included
+                   "elapsed_s": round(time.perf_counter() - started, 3)}  # loop time so far, all attempts
             if eval_fn is not None and (i % eval_every == 0 or i == config.iterations):
                 row.update(eval_fn(jax.device_get(state.student)))
             history.append(row)

@@ -234,6 +234,22 @@ def test_resume_equals_uninterrupted(teacher, mesh1, tmp_path):
     assert [r["step"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resumed_elapsed_time_goes_on_from_the_earlier_attempt(teacher, mesh1, tmp_path):
+    """elapsed_s in a resumed run's history counts the earlier attempts' time too (the tables'
+    wall time of a DHBE run is its last elapsed_s)."""
+    run = tmp_path / "b"
+    erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, run_dir=run, stop_after=4, checkpoint_every=2,
+          log_every=1, progress=False)
+    rows = rundir.read_history(run)
+    rundir.truncate_history(run, -1)
+    for row in rows:  # pretend the first attempt took 1000 s
+        rundir.append_history(run, {**row, "elapsed_s": 1000.0 + row["elapsed_s"]} if row["step"] == 4 else row)
+    resumed = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, run_dir=run, log_every=1, progress=False)
+    assert [r["step"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
+    elapsed = [r["elapsed_s"] for r in resumed.history]
+    assert 1000.0 < elapsed[3] < elapsed[4] < elapsed[5]
+
+
 def test_sigterm_stops_after_the_iteration_in_flight_and_resumes_equal(teacher, mesh1, tmp_path):
     """Under the CLI's handler a SIGTERM (a scheduler's, a time limit's) or Ctrl-C ends the run after
     the current iteration with a checkpoint, although none was due, and the resumed run matches."""
