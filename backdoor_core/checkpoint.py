@@ -24,7 +24,10 @@ def abstract_tree(tree):
 def _stored_shapes(path: Path) -> dict:
     """{'a/b/c': shape} for every array stored in the Orbax checkpoint at `path`."""
     try:
-        tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+        # The handler reads the item's own metadata: a CheckpointManager step's item folder has no
+        # step-level _CHECKPOINT_METADATA, for which the Checkpointer logs a warning on every resume.
+        metadata = ocp.StandardCheckpointHandler().metadata(Path(path))
+        tree = getattr(metadata, "tree", metadata)
     except Exception as e:  # Orbax raises several kinds for unreadable folders.
         raise CheckpointError(f"checkpoint {path} is missing or corrupt ({type(e).__name__}: {e})") from None
     flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]

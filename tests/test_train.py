@@ -191,6 +191,24 @@ def test_has_saved_state_sees_any_checkpoints_folder_or_a_model(tmp_path):
     assert rundir.has_saved_state(other)
 
 
+def test_training_state_resumes_without_orbax_warnings(tmp_path, caplog):
+    """A resume restores the saved state silently (the shape check once logged a spurious
+    'Metadata file does not exist' warning on every resume) and still refuses another shape."""
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.int32(7)}
+    saved = TrainCheckpoints(tmp_path / "ckpt")
+    saved.save(7, state)
+    saved.close()
+    checkpoints = TrainCheckpoints(tmp_path / "ckpt")
+    with caplog.at_level("WARNING"):
+        restored = checkpoints.restore(jax.tree.map(np.zeros_like, state))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], [r.getMessage() for r in caplog.records]
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert int(restored["step"]) == 7
+    with pytest.raises(CheckpointError, match="array 'w' is stored with shape \\(2, 3\\)"):
+        checkpoints.restore({"w": np.zeros((3, 3), np.float32), "step": np.int32(0)})
+    checkpoints.close()
+
+
 def test_checkpoint_of_another_architecture(mnist_subset, mesh1, tmp_path):
     train = mixed(mnist_subset[0], 64)
     fit(small_spec(train, 0.25), train, dataclasses.replace(TINY, epochs=1), tmp_path / "run", mesh=mesh1, progress=False)
