@@ -20,7 +20,7 @@ set -u
 . experiments/scripts/gpu_setup.sh
 M=${M:-$HOME/runs/matrix_cifar10_cpu}              # the CPU matrix's out (its teachers/)
 ARCHIVE=${ARCHIVE:-docs/results/cifar10/cells}     # the repo's archive
-ATTACKS=${ATTACKS:-"badnets blended sig wanet lc lf"}
+ATTACKS=${ATTACKS:-"badnets blended sig wanet lc lf iad"}  # a cell runs only where its teacher is finished
 DEFENSES=${DEFENSES:-"dhbe pbe aft dfad ft"}       # CLP takes seconds on the CPU
 MAX_CELLS=${MAX_CELLS:-16}
 

@@ -10,7 +10,7 @@
 #   bash experiments/scripts/gpu_session.sh install DIR # here: DIR/teachers/* into the CPU matrix,
 #                                                       # DIR/defenses/cells.tgz into the archive
 # Output: $OUT/teachers/{teachers_<attack>.tgz,logs.tgz} and $OUT/defenses/{cells.tgz,logs.tgz}.
-# TEACHERS (default "iad"), BUDGET (default 480 s for both) and the two scripts' own variables
+# TEACHERS (default "iad"; "none": no teacher), BUDGET (default 480 s for both) and the two scripts' own variables
 # (ATTACKS, DEFENSES, MAX_CELLS for the defenses) pass through.
 set -u
 . experiments/scripts/gpu_setup.sh
@@ -28,7 +28,10 @@ fi
 OUT=${OUT:-/tmp/out_session}; mkdir -p "$OUT/teachers" "$OUT/defenses"
 [ "${SMOKE:-0}" = 1 ] || gpu_install || exit 3   # SMOKE=1: both scripts' MNIST graphs, here
 export GPU_INSTALLED=1 BUDGET=${BUDGET:-480}
-OUT=$OUT/teachers ATTACKS="$TEACHERS" bash $S/gpu_teachers.sh > "$OUT/teachers.txt" 2>&1 &
+if [ "$TEACHERS" != none ]; then  # TEACHERS=none: the defense cells only
+  OUT=$OUT/teachers ATTACKS="$TEACHERS" bash $S/gpu_teachers.sh > "$OUT/teachers.txt" 2>&1 &
+fi
+touch "$OUT/teachers.txt"
 OUT=$OUT/defenses bash $S/gpu_defenses.sh > "$OUT/defenses.txt" 2>&1 &
 wait
 cat "$OUT/teachers.txt" "$OUT/defenses.txt"
