@@ -323,6 +323,22 @@ def test_shipped_matrix_configs_build_every_cell_config(name):
         "dhbe" if d == "dfad" else d for d in cfg.defenses]
 
 
+def test_cpu_matrix_shortens_iad_mask_pretraining_and_the_paper_matrix_does_not():
+    """The CPU matrix's one documented IAD deviation (1 mask pre-training epoch) reaches the
+    teacher's attack settings; the paper matrix keeps the official 25."""
+    from experiments.configs import matrix_cifar10_cpu, matrix_cifar10_paper
+    from experiments.run import Matrix
+
+    epochs = {}
+    for module in (matrix_cifar10_cpu, matrix_cifar10_paper):
+        matrix = Matrix.__new__(Matrix)
+        matrix.cfg = module.get_config()
+        teacher = matrix.teacher_config("cifar10", "preact_resnet18", 0.25, "iad", 0, None)
+        epochs[module.__name__.rsplit(".", 1)[-1]] = teacher.params.iad.mask_epochs
+        assert matrix.teacher_config("cifar10", "preact_resnet18", 0.25, "badnets", 0, None).params.iad.mask_epochs == 25
+    assert epochs == {"matrix_cifar10_cpu": 1, "matrix_cifar10_paper": 25}
+
+
 def test_cell_seconds_sum_recorded_attempts_and_mark_missing_ones(tiny_matrix, tmp_path):
     out = tmp_path / "matrix"
     tiny_matrix.defenses = ("clp",)
