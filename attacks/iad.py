@@ -288,21 +288,20 @@ def pretrain_mask(m_params, train: Split, params: IADParams, config: TrainConfig
             checkpoints.save(step, {"step": jnp.asarray(step, jnp.int32), "params": jax.device_get(m_params),
                                     "opt_state": jax.device_get(opt_state)})
 
-    bar = tqdm(total=params.mask_epochs * spe, initial=step, desc="IAD mask generator (steps)",
-               disable=not progress, leave=False)  # per step: one pre-training epoch can take many minutes
-    for epoch in range(step // spe if spe else 0, params.mask_epochs):
-        batches = list(batch_indices(len(train), config.batch_size, seed=config.seed, epoch=epoch))
-        for i in range(step - epoch * spe, len(batches)):
-            images = shard_batch(mesh, train.images[batches[i]])
-            m_params, opt_state, _ = step_fn(m_params, opt_state, images, jax.random.fold_in(key, epoch * 100003 + i))
-            step += 1
-            bar.update(1)
-            if stop_requested():
-                save(step)
-                bar.close()
-                return jax.device_get(m_params), False
-        save(step)
-    bar.close()
+    with tqdm(total=params.mask_epochs * spe, initial=step, desc="IAD mask generator (steps)",
+              disable=not progress, leave=False) as bar:  # per step: one pre-training epoch can take many minutes
+        for epoch in range(step // spe if spe else 0, params.mask_epochs):
+            batches = list(batch_indices(len(train), config.batch_size, seed=config.seed, epoch=epoch))
+            for i in range(step - epoch * spe, len(batches)):
+                images = shard_batch(mesh, train.images[batches[i]])
+                m_params, opt_state, _ = step_fn(m_params, opt_state, images,
+                                                 jax.random.fold_in(key, epoch * 100003 + i))
+                step += 1
+                bar.update(1)
+                if stop_requested():
+                    save(step)
+                    return jax.device_get(m_params), False
+            save(step)
     return jax.device_get(m_params), True
 
 

@@ -32,8 +32,7 @@ from backdoor_core.data import load_split
 def mask_stats(masks: np.ndarray, images: np.ndarray) -> dict:
     """Summary of masks [N,H,W,1] in [0, 1] for images [N,H,W,C] in [0, 1]."""
     share = (masks > 0.5).mean(axis=(1, 2, 3))
-    rms = lambda a: np.sqrt(np.mean(a ** 2, axis=tuple(range(1, a.ndim))))  # noqa: E731
-    ratio = rms(masks[1:] - masks[:-1]) / (rms(images[1:] - images[:-1]) + 1e-7)
+    ratio = np.asarray(iad._rms_distance(masks[1:], masks[:-1]) / (iad._rms_distance(images[1:], images[:-1]) + 1e-7))
     return {"mean": float(masks.mean()), "share_over_0.5": float(share.mean()),
             "share_min": float(share.min()), "share_max": float(share.max()), "diversity": float(ratio.mean())}
 
