@@ -1,14 +1,20 @@
 """Backdoor detection (`pbe_jax.detect`) on any number of finished run directories, as one table.
 
   python -m experiments.detect --runs ~/runs/attack_cifar10_badnets ~/runs/clean_cifar10 \
-      [--eps 6 [16 32 ...]] [--num_images 500] [--threshold 0.5] [--out docs/detection.md]
+      [--eps 6 [16 32 ...]] [--num_images 500] [--images test|synthetic|noise] [--synthetic_steps 200]
+      [--threshold 0.5] [--out docs/detection.md]
 
-For each run (clean training, attack or defense run) the model is loaded, `num_images` test
-images of its dataset are drawn (seeded) and used unlabelled, and untargeted PGD (PBE's eps
-6/255, 7 steps) is run against the model's own predictions. The table lists the suspected
+For each run (clean training, attack or defense run) the model is loaded, `num_images` images
+are drawn (seeded) and used unlabelled, and untargeted PGD (PBE's eps 6/255, 7 steps) is run
+against the model's own predictions. The images (`--images`): `test`, its dataset's test
+images; `synthetic`, no data at all: DHBE's sample generator fitted to the model alone for
+`--synthetic_steps` steps (`dhbe_jax.synthesize`: class balance + confidence of the model's
+predictions); `noise`, uniform random pixels (a data-free reference). The table lists the suspected
 target class (argmax of the adversarial predictions), the concentration (share of flipped images
 that land in it), the normalised entropy, the flip rate, the verdict `concentration >=
-threshold`, and, for attack runs, the true target. Ground truth is only printed, never used.
+threshold`, the most predicted class of the unattacked images and its share (`input_top`: on noise or
+synthetic images a backdoor can show before any attack), and, for attack runs, the true target.
+Ground truth is only printed, never used.
 Several `--eps` values give one row per run and budget (each model and its test set loaded once):
 the concentration of a backdoored model's adversarial examples can grow with the budget while a
 clean model's does not (`docs/results_cifar10.md`, "Detection").
@@ -22,6 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
+
 from backdoor_core import rundir
 from backdoor_core.data import load_dataset
 from backdoor_core.errors import InputError
@@ -29,33 +38,63 @@ from backdoor_core.sharding import make_mesh
 from experiments.common import output_dir
 from experiments.table import markdown
 
-COLUMNS = ("run", "eps", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
-           "backdoored_verdict", "seconds")
+COLUMNS = ("run", "images", "eps", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
+           "backdoored_verdict", "input_top", "seconds")
 
 
-def detect_run(run_dir: Path, configs: dict[float, object], mesh) -> list[dict]:
-    """Table rows for the model saved in `run_dir` on its dataset's test images, one per entry
-    eps (in 1/255 units) -> DetectConfig of `configs`, in that order."""
+IMAGES = ("test", "synthetic", "noise")
+
+
+def detection_images(run_dir: Path, record: dict, spec, variables, kind: str, num_images: int, seed: int,
+                     synthetic_steps: int, mesh) -> np.ndarray:
+    """The images detection attacks for the model of `run_dir`: [N, H, W, C], uint8 (`test`: all
+    of its dataset's test images, `detect` samples num_images of them) or float32 in [0, 1]
+    (`synthetic`: num_images from `dhbe_jax.synthesize` after synthetic_steps generator steps;
+    `noise`: num_images of uniform pixels), seeded by `seed`."""
+    if kind == "test":
+        source = record.get("dataset_source") or record.get("dataset")
+        if not source:
+            raise InputError(f"{run_dir}/record.json names no dataset_source; expected a training, attack or defense run")
+        return load_dataset(source)[1].images
+    if kind == "noise":
+        return np.random.default_rng(seed).random((num_images, *spec.image_shape), dtype=np.float32)
+    from dhbe_jax import synthesize
+
+    images, _ = synthesize(spec, variables, num_images, jax.random.PRNGKey(seed), steps=synthetic_steps, mesh=mesh)
+    return images
+
+
+def detect_run(run_dir: Path, configs: dict[float, object], mesh, images: str = "test",
+               synthetic_steps: int = 200) -> list[dict]:
+    """Table rows for the model saved in `run_dir` on the images named by `images` (one of
+    IMAGES, see `detection_images`), one per entry eps (in 1/255 units) -> DetectConfig of
+    `configs`, in that order."""
     from pbe_jax import detect
 
     record = rundir.read_record(run_dir)
-    source = record.get("dataset_source") or record.get("dataset")
-    if not source:
-        raise InputError(f"{run_dir}/record.json names no dataset_source; expected a training, attack or defense run")
-    _, module, variables = rundir.load_model(run_dir)
-    _, test = load_dataset(source)
+    spec, module, variables = rundir.load_model(run_dir)
+    first = next(iter(configs.values()))
+    inputs = detection_images(run_dir, record, spec, variables, images, first.num_images, first.seed,
+                              synthetic_steps, mesh)
     attack = record.get("attack") or {}
-    ids = {"run": run_dir.name, "kind": record.get("kind", "train"), "attack": attack.get("name", "-"),
+    ids = {"run": run_dir.name, "images": images, "kind": record.get("kind", "train"), "attack": attack.get("name", "-"),
            "true_target": attack.get("target", "-") if attack.get("mode", "all_to_one") == "all_to_one" else "-"}
     rows = []
     for eps, config in configs.items():
         start = time.perf_counter()
-        result = detect(module, variables, test.images, config, mesh=mesh)
+        result = detect(module, variables, inputs, config, mesh=mesh)
         rows.append({**ids, "eps": f"{eps:g}", "suspected": result.suspected_target,
                      "concentration": round(result.concentration, 4), "entropy": round(result.normalized_entropy, 4),
                      "flip_rate": round(result.flip_rate, 4), "seconds": round(time.perf_counter() - start, 1),
-                     "counts": [int(c) for c in result.counts]})
+                     "counts": [int(c) for c in result.counts], "input_counts": [int(c) for c in result.input_counts],
+                     "input_top": input_top(result.input_counts)})
     return rows
+
+
+def input_top(input_counts) -> str:
+    """'class (share)' of the most predicted class among the unattacked images, e.g. '0 (1.00)'."""
+    counts = np.asarray(input_counts)
+    return f"{int(counts.argmax())} ({counts.max() / max(counts.sum(), 1):.2f})"
 
 
 def markdown_table(rows: list[dict], threshold: float) -> str:
@@ -80,8 +119,17 @@ def main(argv=None) -> int:
     parser.add_argument("--eps", type=float, nargs="+", default=[6.0],
                         help="L-inf radius in 1/255 units (PBE's 6), or several (one row each); the step is eps/5, "
                              "7 steps as in PBE")
+    parser.add_argument("--images", choices=IMAGES, default="test",
+                        help="test: the dataset's test images; synthetic: DHBE's generator fitted to the model "
+                             "(no data); noise: uniform pixels")
+    parser.add_argument("--synthetic_steps", type=int, default=200,
+                        help="generator steps for --images synthetic (DHBE's cpu warm-up: 200)")
     parser.add_argument("--out", help="also write the Markdown table (and a .json of the rows) here")
     args = parser.parse_args(argv)
+    if args.num_images < 1:
+        parser.error(f"--num_images {args.num_images}: expected at least 1")
+    if args.synthetic_steps < 0:
+        parser.error(f"--synthetic_steps {args.synthetic_steps}: expected a non-negative number of steps")
     from attacks.pgd import PGDConfig
     from pbe_jax import DetectConfig
 
@@ -95,7 +143,7 @@ def main(argv=None) -> int:
     for run in args.runs:
         run_dir = output_dir(run)
         try:
-            new = detect_run(run_dir, configs, mesh)
+            new = detect_run(run_dir, configs, mesh, args.images, args.synthetic_steps)
         except InputError as e:  # one unusable run does not stop the table
             new = [{"run": run_dir.name, "error": str(e)}]
         rows += new

@@ -58,6 +58,9 @@ class Detection:
       normalized_entropy: H(counts / sum) / log K in [0, 1] (1: uniform; 1 when nothing flipped).
       flip_rate: share of sampled images whose prediction PGD changed.
       num_images: images attacked.
+      input_counts: int64 [K] the model's predicted classes of the sampled images themselves,
+        before the attack. On data-free inputs (noise, synthetic images) this is a signal of its
+        own: a noise-blend backdoor sends uniform noise to its target, which PGD then cannot flip.
     """
 
     counts: np.ndarray
@@ -66,9 +69,11 @@ class Detection:
     normalized_entropy: float
     flip_rate: float
     num_images: int
+    input_counts: np.ndarray
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "counts": [int(c) for c in self.counts]}
+        return {**dataclasses.asdict(self), "counts": [int(c) for c in self.counts],
+                "input_counts": [int(c) for c in self.input_counts]}
 
 
 def class_distribution_stats(counts: np.ndarray) -> tuple[int, float, float]:
@@ -102,4 +107,5 @@ def detect(module: nn.Module, variables: dict, images: np.ndarray, config: Detec
     flipped = adv_labels != labels
     counts = np.bincount(adv_labels[flipped], minlength=num_classes).astype(np.int64)
     target, concentration, entropy = class_distribution_stats(counts)
-    return Detection(counts, target, concentration, entropy, float(flipped.mean()), len(images))
+    return Detection(counts, target, concentration, entropy, float(flipped.mean()), len(images),
+                     np.bincount(labels, minlength=num_classes).astype(np.int64))

@@ -15,9 +15,9 @@ from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import InputError
 from backdoor_core.interrupt import stop_on_signals
-from backdoor_core.models import ModelSpec, init_variables
+from backdoor_core.models import ModelSpec, build_model, init_variables
 from backdoor_core.sharding import replicate
-from dhbe_jax import DHBEConfig, erase
+from dhbe_jax import DHBEConfig, erase, synthesize
 from dhbe_jax import generators as gens
 from dhbe_jax.erase import compiled_iteration
 from dhbe_jax.losses import balance_loss, confidence_loss, l1_logits, tv_l1, tv_l2
@@ -331,3 +331,27 @@ def test_resume_with_generator_warmup(teacher, mesh1, tmp_path):
     assert "warmup_balance" in resumed.history[0]
     # One program for the game with or without a warm-up before it (and after a restore).
     assert compiled_iteration(teacher[0], config, mesh1)[1]._cache_size() == 1
+
+
+def test_synthesize_gives_seeded_images_in_range_spread_over_the_classes(mesh1):
+    # The fresh teacher of the warm-up test, on which an untrained G's images fall in a few classes.
+    spec = ModelSpec("small_cnn", 10, (28, 28, 1), 0.25, (0.13,), (0.3,))
+    variables = init_variables(spec, jax.random.PRNGKey(0))
+    config = dataclasses.replace(TINY, batch_size=32)
+    make = lambda steps, seed=0: synthesize(spec, variables, 50, jax.random.PRNGKey(seed), steps=steps,
+                                            config=config, mesh=mesh1)
+    untrained, none = make(0)
+    fitted, metrics = make(30)
+    assert none == {} and set(metrics) == {"warmup_balance", "warmup_confidence"}
+    for images in (untrained, fitted):
+        assert images.shape == (50, 28, 28, 1) and images.dtype == np.float32  # 50: not a multiple of the batch
+        assert images.min() >= 0 and images.max() <= 1
+    np.testing.assert_array_equal(fitted, make(30)[0])
+    assert not np.allclose(fitted, make(30, seed=1)[0])
+    model = build_model(spec)
+    balance = lambda images: float(balance_loss(model.apply(variables, images, train=False)))
+    assert balance(fitted) < 0.5 * balance(untrained), (balance(untrained), balance(fitted))
+    with pytest.raises(InputError, match="num_images = 0"):
+        synthesize(spec, variables, 0, jax.random.PRNGKey(0), mesh=mesh1)
+    with pytest.raises(InputError, match="steps = -1"):
+        synthesize(spec, variables, 4, jax.random.PRNGKey(0), steps=-1, mesh=mesh1)

@@ -216,6 +216,8 @@ def test_detection_finds_the_target(data, backdoored, clean_digits_fit, mesh1):
     assert backdoored.suspected_target == 0
     assert backdoored.concentration > honest.concentration + 0.2
     assert backdoored.counts.sum() <= backdoored.num_images == 120
+    # The unattacked images' predictions: most are right on digits, so every class shows up.
+    assert backdoored.input_counts.sum() == 120 and (backdoored.input_counts > 0).all()
 
 
 def test_bad_input_is_one_clear_error(data, backdoored, mesh1):

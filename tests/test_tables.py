@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from backdoor_core import rundir
@@ -58,13 +59,32 @@ def test_detect_cli_gives_one_row_per_budget(badnets_run, tmp_path):
     assert [(r["run"], r["eps"]) for r in rows] == [(badnets_run.name, "1"), (badnets_run.name, "32")]
     small, large = rows
     assert large["flip_rate"] > small["flip_rate"]  # the budget reached PGD: 32/255 flips more than 1/255
-    assert out.read_text().splitlines()[0].startswith("| run | eps |")
+    assert out.read_text().splitlines()[0].startswith("| run | images | eps |")
+
+
+@pytest.mark.parametrize("images", ["synthetic", "noise"])
+def test_detect_cli_runs_without_data(badnets_run, tmp_path, monkeypatch, images):
+    # Data-free inputs: the run's dataset is never opened.
+    monkeypatch.setattr(detect, "load_dataset", lambda *_: pytest.fail("data-free detection read the dataset"))
+    out = tmp_path / "d.md"
+    # 64/255: uniform noise sits deep in one class of the digit model; 6/255 flips none of it.
+    assert detect.main(["--runs", str(badnets_run), "--images", images, "--synthetic_steps", "3", "--eps", "64",
+                        "--num_images", "40", "--out", str(out)]) == 0
+    (row,) = json.loads(out.with_suffix(".json").read_text())
+    assert row["images"] == images and row["attack"] == "badnets"
+    assert 0 < sum(row["counts"]) <= 40 and 0.0 < row["flip_rate"] <= 1.0
+    # The unattacked images' own predictions: all 40 counted, the top class named with its share.
+    top = int(np.argmax(row["input_counts"]))
+    assert sum(row["input_counts"]) == 40 and row["input_top"] == f"{top} ({row['input_counts'][top] / 40:.2f})"
 
 
 def test_detect_cli_rejects_a_non_positive_budget(badnets_run, capsys):
     with pytest.raises(SystemExit) as exc:
         detect.main(["--runs", str(badnets_run), "--eps", "6", "0"])
     assert exc.value.code == 2 and "--eps 0: expected positive radii" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        detect.main(["--runs", str(badnets_run), "--images", "synthetic", "--synthetic_steps", "-1"])
+    assert exc.value.code == 2 and "--synthetic_steps -1: expected a non-negative" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("forced, expected", [("1", True), ("0", False)])
