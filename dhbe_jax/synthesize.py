@@ -37,9 +37,10 @@ SYNTHESIS_STEPS = 200
 
 @functools.lru_cache(maxsize=4)
 def _programs(spec: ModelSpec, config: DHBEConfig, mesh):
-    """(players, warm-up, jitted sampler (generator params, key) -> G(z) [batch, H, W, C] in [0, 1])
-    for a model spec, a config (`generator_warmup` = 0) and a mesh; cached, so that repeated calls
-    (one per model of a detection table) compile once."""
+    """(players, jitted sampler (generator params, key) -> G(z) [batch, H, W, C] in [0, 1]) for a
+    model spec, a config (`generator_warmup` = 0) and a mesh; cached, so that repeated calls (one
+    per model of a detection table) compile once, the warm-up step included (it is cached per
+    players)."""
     image_shape = tuple(spec.image_shape)
     players = make_players(build_model(spec), image_shape, config)
     return players, jax.jit(_Forward(players, config, image_shape, mesh).synthesize)

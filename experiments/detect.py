@@ -35,6 +35,7 @@ from backdoor_core import rundir
 from backdoor_core.data import load_dataset
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import make_mesh
+from dhbe_jax.synthesize import SYNTHESIS_STEPS, synthesize
 from experiments.common import output_dir
 from experiments.table import markdown
 
@@ -58,14 +59,12 @@ def detection_images(run_dir: Path, record: dict, spec, variables, kind: str, nu
         return load_dataset(source)[1].images
     if kind == "noise":
         return np.random.default_rng(seed).random((num_images, *spec.image_shape), dtype=np.float32)
-    from dhbe_jax import synthesize
-
     images, _ = synthesize(spec, variables, num_images, jax.random.PRNGKey(seed), steps=synthetic_steps, mesh=mesh)
     return images
 
 
 def detect_run(run_dir: Path, configs: dict[float, object], mesh, images: str = "test",
-               synthetic_steps: int = 200) -> list[dict]:
+               synthetic_steps: int = SYNTHESIS_STEPS) -> list[dict]:
     """Table rows for the model saved in `run_dir` on the images named by `images` (one of
     IMAGES, see `detection_images`), one per entry eps (in 1/255 units) -> DetectConfig of
     `configs`, in that order."""
@@ -122,8 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", choices=IMAGES, default="test",
                         help="test: the dataset's test images; synthetic: DHBE's generator fitted to the model "
                              "(no data); noise: uniform pixels")
-    parser.add_argument("--synthetic_steps", type=int, default=200,
-                        help="generator steps for --images synthetic (DHBE's cpu warm-up: 200)")
+    parser.add_argument("--synthetic_steps", type=int, default=SYNTHESIS_STEPS,
+                        help=f"generator steps for --images synthetic (DHBE's cpu warm-up: {SYNTHESIS_STEPS})")
     parser.add_argument("--out", help="also write the Markdown table (and a .json of the rows) here")
     args = parser.parse_args(argv)
     if args.num_images < 1:
