@@ -59,8 +59,9 @@ class Detection:
       flip_rate: share of sampled images whose prediction PGD changed.
       num_images: images attacked.
       input_counts: int64 [K] the model's predicted classes of the sampled images themselves,
-        before the attack. On data-free inputs (noise, synthetic images) this is a signal of its
-        own: a noise-blend backdoor sends uniform noise to its target, which PGD then cannot flip.
+        before the attack. On data-free inputs (noise, synthetic images) it says what the flips
+        cannot: the matrix's Blended teacher sends all uniform noise to its target, which PGD then
+        cannot flip (though a clean CIFAR-10 model also sends all of it to one class, frog).
     """
 
     counts: np.ndarray
