@@ -10,12 +10,13 @@
 #   bash experiments/scripts/gpu_session.sh install DIR # here: DIR/teachers/* into the CPU matrix,
 #                                                       # DIR/defenses/cells.tgz into the archive
 # Output: $OUT/teachers/{teachers_<attack>.tgz,logs.tgz} and $OUT/defenses/{cells.tgz,logs.tgz}.
-# TEACHERS (default "iad"; "none": no teacher), BUDGET (default 480 s for both) and the two scripts' own variables
+# TEACHERS (default "none": every teacher of the CPU matrix is archived, IAD's since 2026-12-05 with a
+# 1-epoch mask pre-training; "iad" trains one on the GPU with the matrix's config), BUDGET (default 480 s for both) and the two scripts' own variables
 # (ATTACKS, DEFENSES, MAX_CELLS for the defenses) pass through.
 set -u
 . experiments/scripts/gpu_setup.sh
 S=experiments/scripts
-TEACHERS=${TEACHERS:-iad}
+TEACHERS=${TEACHERS:-none}
 if [ "${1:-}" = prepare ]; then
   set -e; bash $S/gpu_defenses.sh prepare; exit 0   # gpu_prepare included
 fi
