@@ -72,7 +72,7 @@ from experiments.cell_lock import lock_path, try_lock, unlock
 from experiments.common import output_dir, run_cli
 from experiments.defenses import config_module
 from experiments.plots import plot_before_after, plot_curves, plot_trigger_gallery
-from experiments.summary import grid_markdown, write_summary
+from experiments.summary import grid_markdown, time_grid_markdown, write_summary
 from experiments.table import run_row
 
 CELLS = "cells.jsonl"
@@ -557,7 +557,7 @@ class Matrix:
 
 def write_results(out: Path, rows: list[dict]) -> None:
     """results.csv, results.md (with the metric conventions, and at its end the C-Acc / ASR grid of
-    `experiments.summary.grid_markdown`), with several seeds results_seeds.md/.csv
+    `experiments.summary.grid_markdown` and the wall-time grid of `time_grid_markdown`), with several seeds results_seeds.md/.csv
     (mean +- std per attack and defense, `experiments.summary`), and the plots: asr_cacc.png
     (before/after bars), curves.png and trigger_gallery.png (`experiments.plots`)."""
     with (out / "results.csv").open("w", newline="") as f:
@@ -573,7 +573,7 @@ def write_results(out: Path, rows: list[dict]) -> None:
         if row["status"] not in ("complete",):
             cells[RESULTS_COLUMNS.index("status")] = f"{row['status']}: {row.get('error', '')}"
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", grid_markdown(rows)]
+    lines += ["", grid_markdown(rows), "", time_grid_markdown(rows)]
     (out / "results.md").write_text("\n".join(lines))
     write_summary(out, rows)
     plot_before_after(out / "plots" / "asr_cacc.png", rows)

@@ -104,24 +104,51 @@ def grid_cell(row: dict | None) -> str:
     return f"{row.get('C-Acc', '-')} / {row.get('ASR', '-')}"
 
 
-def grid_markdown(rows: list[dict]) -> str:
+def time_cell(row: dict | None) -> str:
+    """A finished cell's wall time in minutes ('45.5'; '45.5+' when it is a lower bound, part of a
+    resumed cell's time having gone unrecorded), '-' without a recorded time, and `grid_cell`'s
+    status word or '-' for a cell that has not finished."""
+    if row is None or row["status"] != "complete":
+        return grid_cell(row)
+    if row.get("seconds") in (None, "", "-"):
+        return "-"
+    return f"{float(row['seconds']) / 60:.1f}{'+' if row.get('time_incomplete') else ''}"
+
+
+TIME_GRID_CONVENTIONS = """Wall time (minutes) of each finished cell on the machine that ran it (the `seconds` column
+/ 60); `+`: a lower bound (a resumed cell whose earlier time went unrecorded); `-` or the status
+word where the cell has not finished.
+"""
+
+
+def grid_markdown(rows: list[dict], cell=grid_cell, heading: str = "## At a glance",
+                  conventions: str = GRID_CONVENTIONS) -> str:
     """The matrix at a glance: a Markdown table with one row per (dataset, model, seed, attack)
-    and one column per defense (`none`, the teacher, first), each cell `grid_cell` of its result row.
+    and one column per defense (`none`, the teacher, first), each cell `cell` of its result row.
 
     Args:
-      rows: `experiments.run` result rows (GRID_KEYS, defense, status, C-Acc and ASR as strings).
+      rows: `experiments.run` result rows (GRID_KEYS, defense, status, C-Acc and ASR as strings,
+        seconds and time_incomplete for `time_cell`).
+      cell: row (or None where the cell is absent) -> the table entry; `grid_cell` (C-Acc / ASR)
+        or `time_cell` (minutes).
+      heading, conventions: the section's heading and the paragraph under it.
     Returns:
-      the heading, GRID_CONVENTIONS and the table; groups and defenses in the order they first appear.
+      the heading, conventions and the table; groups and defenses in the order they first appear.
     """
     defenses = list(dict.fromkeys(["none", *(r["defense"] for r in rows)]))
     cells: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         cells.setdefault(tuple(row[k] for k in GRID_KEYS), {})[row["defense"]] = row
-    lines = ["## At a glance", "", GRID_CONVENTIONS, "| " + " | ".join([*GRID_KEYS, *defenses]) + " |",
+    lines = [heading, "", conventions, "| " + " | ".join([*GRID_KEYS, *defenses]) + " |",
              "|" + "---|" * (len(GRID_KEYS) + len(defenses))]
     for key, by_defense in cells.items():
-        lines.append("| " + " | ".join([*(str(k) for k in key), *(grid_cell(by_defense.get(d)) for d in defenses)]) + " |")
+        lines.append("| " + " | ".join([*(str(k) for k in key), *(cell(by_defense.get(d)) for d in defenses)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def time_grid_markdown(rows: list[dict]) -> str:
+    """`grid_markdown` of each cell's wall time in minutes (`time_cell`), under '## Wall time'."""
+    return grid_markdown(rows, cell=time_cell, heading="## Wall time", conventions=TIME_GRID_CONVENTIONS)
 
 
 def write_summary(out: Path, rows: list[dict]) -> bool:

@@ -54,10 +54,12 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == 3 and [r["defense"] for r in table] == ["none", "clp", "ft"]
     md = (out / "results.md").read_text()
-    assert md.count("| digits |") == 3 + 1 and "failed: InputError" in md  # 3 cells, 1 grid row
-    grid = md[md.index("## At a glance"):]
+    assert md.count("| digits |") == 3 + 2 and "failed: InputError" in md  # 3 cells, 1 row in each grid
+    grid = md[md.index("## At a glance"):md.index("## Wall time")]
     assert f"| digits | {rows[0]['model']} | 0 | badnets | {rows[0]['C-Acc']} / {rows[0]['ASR']} | " \
            f"{rows[1]['C-Acc']} / {rows[1]['ASR']} | failed |" in grid
+    minutes = [f"{r['seconds'] / 60:.1f}" for r in rows[:2]]
+    assert f"| digits | {rows[0]['model']} | 0 | badnets | {minutes[0]} | {minutes[1]} | failed |" in md[md.index("## Wall time"):]
     assert all((out / "plots" / f).is_file() for f in ("asr_cacc.png", "curves.png", "trigger_gallery.png"))
     assert not (out / "results_seeds.md").exists()  # one seed: nothing to summarise over
     first = read_cells(out)
@@ -505,7 +507,7 @@ def test_summary_over_seeds_counts_finished_seeds_only():
 
 
 def test_grid_has_one_row_per_teacher_and_one_column_per_defense():
-    from experiments.summary import grid_markdown
+    from experiments.summary import grid_markdown, time_grid_markdown
 
     def row(attack, defense, status, acc="-", asr="-"):
         return {"dataset": "d", "model": "m x1", "seed": 0, "attack": attack, "defense": defense, "status": status,
@@ -518,6 +520,13 @@ def test_grid_has_one_row_per_teacher_and_one_column_per_defense():
     assert table[0] == "| dataset | model | seed | attack | none | dhbe | clp | pbe |"
     assert table[2:] == ["| d | m x1 | 0 | badnets | 84.0 / 96.0 | 77.3 / 8.1 | stale | - |",
                          "| d | m x1 | 0 | sig | 83.9 / 81.4 | - | 83.9 / 81.4 | - |"]
+    rows[0]["seconds"] = 8203.3
+    rows[1].update(seconds=2728.3, time_incomplete=True)  # a resumed cell: its time is a lower bound
+    rows[5]["seconds"] = None  # finished, its time not recorded
+    times = time_grid_markdown(rows)
+    assert times.startswith("## Wall time")
+    assert [line for line in times.splitlines() if line.startswith("|")][2:] == [
+        "| d | m x1 | 0 | badnets | 136.7 | 45.5+ | stale | - |", "| d | m x1 | 0 | sig | - | - | - | - |"]
 
 
 def test_before_after_bars_put_each_finished_cell_in_its_teachers_panel(tmp_path):

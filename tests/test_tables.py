@@ -109,10 +109,19 @@ def test_refresh_script_swaps_the_readme_grid_for_the_new_one_without_id_columns
     results = ("| dataset | model | seed | attack | defense | status |\n|---|---|---|---|---|---|\n"
                "| cifar10 | m x0.25 | 0 | sig | none | complete |\n\n## At a glance\n\n"
                "| dataset | model | seed | attack | none | dhbe |\n|---|---|---|---|---|---|\n"
-               "| cifar10 | m x0.25 | 0 | sig | 83.9 / 81.4 | 79.9 / 84.1 |\n")
+               "| cifar10 | m x0.25 | 0 | sig | 83.9 / 81.4 | 79.9 / 84.1 |\n\n## Wall time\n\n"
+               "| dataset | model | seed | attack | none | dhbe |\n|---|---|---|---|---|---|\n"
+               "| cifar10 | m x0.25 | 0 | sig | 3.5 | 85.5+ |\n")
     grid = refresh.grid_without_ids(results)
     assert grid == "| attack | none | dhbe |\n|---|---|---|\n| sig | 83.9 / 81.4 | 79.9 / 84.1 |"
+    assert refresh.grid_without_ids(results, "## Wall time") == "| attack | none | dhbe |\n|---|---|---|\n| sig | 3.5 | 85.5+ |"
     readme = "text\n\n| attack | none | dhbe |\n|---|---|---|\n| sig | - | - |\n\nafter\n"
     assert refresh.replace_grid(readme, grid) == f"text\n\n{grid}\n\nafter\n"
+    times = "| attack (minutes) | none | dhbe |\n|---|---|---|\n| sig | 3.5 | 85.5+ |"
+    both = readme + "\n" + times.replace("3.5 | 85.5+", "- | -") + "\n\nend\n"
+    assert refresh.replace_grid(refresh.replace_grid(both, grid), times, refresh.TIME_GRID_HEADER) == \
+        f"text\n\n{grid}\n\nafter\n\n{times}\n\nend\n"
     with pytest.raises(SystemExit, match="no line starting"):
         refresh.replace_grid("no grid here\n", grid)
+    with pytest.raises(SystemExit, match="no '## Wall time' section"):
+        refresh.grid_without_ids(results[:results.index("## Wall time")], "## Wall time")

@@ -5,8 +5,9 @@
 Runs the README's archive command (`experiments.run` with matrix_cifar10_cpu, the archive in
 docs/results/cifar10/cells, reuse_only: nothing is trained) into a temporary folder, copies its
 results.md and plots to docs/results/cifar10/matrix_archive_{results.md,bars.png,curves.png},
-and replaces the README's "| attack | none | dhbe | ..." grid with the new one (the dataset,
-model and seed columns, one value each, left out). Run from the repository root after new cells
+and replaces the README's "| attack | none | dhbe | ..." grid (C-Acc / ASR) and its
+"| attack (minutes) | none | ..." grid (wall time per cell) with the new ones (the dataset, model
+and seed columns, one value each, left out). Run from the repository root after new cells
 were archived; review the diff and the README's prose around the grid before committing.
 """
 
@@ -21,24 +22,28 @@ from pathlib import Path
 
 ARCHIVE = Path("docs/results/cifar10")
 GRID_HEADER = "| attack | none | dhbe |"
+TIME_GRID_HEADER = "| attack (minutes) | none | dhbe |"
 COPIES = {"results.md": "matrix_archive_results.md", "plots/asr_cacc.png": "matrix_archive_bars.png",
           "plots/curves.png": "matrix_archive_curves.png"}
 
 
-def grid_without_ids(results_md: str) -> str:
-    """The 'At a glance' grid of a matrix results.md (its last table; the full table comes first)
-    with its dataset, model and seed columns dropped."""
-    start = results_md.rindex("| dataset | model | seed | attack |")
+def grid_without_ids(results_md: str, heading: str = "## At a glance") -> str:
+    """The grid under `heading` of a matrix results.md ('## At a glance': C-Acc / ASR; '## Wall
+    time': minutes) with its dataset, model and seed columns dropped."""
+    if heading not in results_md:
+        raise SystemExit(f"no {heading!r} section in the matrix's results.md")
+    start = results_md.index("| dataset | model | seed | attack |", results_md.index(heading))
     lines = results_md[start:].strip().splitlines()
     lines = lines[:next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))]
     return "\n".join("|" + "|".join(line.strip("|").split("|")[3:]) + "|" for line in lines)
 
 
-def replace_grid(readme: str, grid: str) -> str:
-    """readme with its CIFAR-10 grid (from GRID_HEADER to the next blank line) replaced by grid."""
-    if GRID_HEADER not in readme:
-        raise SystemExit(f"no line starting {GRID_HEADER!r} in the README: nothing to replace")
-    i = readme.index(GRID_HEADER)
+def replace_grid(readme: str, grid: str, header: str = GRID_HEADER) -> str:
+    """readme with its CIFAR-10 grid (from the line starting `header` to the next blank line)
+    replaced by grid."""
+    if header not in readme:
+        raise SystemExit(f"no line starting {header!r} in the README: nothing to replace")
+    i = readme.index(header)
     j = readme.index("\n\n", i)
     return readme[:i] + grid + readme[j:]
 
@@ -56,7 +61,10 @@ def main() -> None:
         for source, dest in COPIES.items():
             shutil.copyfile(out / source, ARCHIVE / dest)
         readme = Path(args.readme)
-        readme.write_text(replace_grid(readme.read_text(), grid_without_ids((out / "results.md").read_text())))
+        results = (out / "results.md").read_text()
+        times = grid_without_ids(results, "## Wall time").replace("| attack |", "| attack (minutes) |", 1)
+        text = replace_grid(readme.read_text(), grid_without_ids(results))
+        readme.write_text(replace_grid(text, times, TIME_GRID_HEADER))
     print(f"updated {args.readme} and {', '.join(str(ARCHIVE / d) for d in COPIES.values())}")
 
 
