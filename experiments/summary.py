@@ -91,7 +91,7 @@ def summary_markdown(summary: list[dict]) -> str:
 GRID_KEYS = ("dataset", "model", "seed", "attack")
 GRID_CONVENTIONS = """C-Acc / ASR (percent) of each finished cell: one row per teacher, its own column first
 (`none`), then one column per defense; `-` where the cell has not finished (its status is in the
-table below).
+table above).
 """
 
 
@@ -105,14 +105,15 @@ def grid_cell(row: dict | None) -> str:
 
 
 def time_cell(row: dict | None) -> str:
-    """A finished cell's wall time in minutes ('45.5'; '45.5+' when it is a lower bound, part of a
+    """A finished cell's wall time in minutes ('45.5', '<0.1' under 3 s; '45.5+' when it is a lower bound, part of a
     resumed cell's time having gone unrecorded), '-' without a recorded time, and `grid_cell`'s
     status word or '-' for a cell that has not finished."""
     if row is None or row["status"] != "complete":
         return grid_cell(row)
     if row.get("seconds") in (None, "", "-"):
         return "-"
-    return f"{float(row['seconds']) / 60:.1f}{'+' if row.get('time_incomplete') else ''}"
+    minutes = float(row["seconds"]) / 60
+    return (f"{minutes:.1f}" if minutes >= 0.05 else "<0.1") + ("+" if row.get("time_incomplete") else "")
 
 
 TIME_GRID_CONVENTIONS = """Wall time (minutes) of each finished cell on the machine that ran it (the `seconds` column

@@ -58,7 +58,7 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     grid = md[md.index("## At a glance"):md.index("## Wall time")]
     assert f"| digits | {rows[0]['model']} | 0 | badnets | {rows[0]['C-Acc']} / {rows[0]['ASR']} | " \
            f"{rows[1]['C-Acc']} / {rows[1]['ASR']} | failed |" in grid
-    minutes = [f"{r['seconds'] / 60:.1f}" for r in rows[:2]]
+    minutes = [f"{r['seconds'] / 60:.1f}" if r["seconds"] >= 3 else "<0.1" for r in rows[:2]]
     assert f"| digits | {rows[0]['model']} | 0 | badnets | {minutes[0]} | {minutes[1]} | failed |" in md[md.index("## Wall time"):]
     assert all((out / "plots" / f).is_file() for f in ("asr_cacc.png", "curves.png", "trigger_gallery.png"))
     assert not (out / "results_seeds.md").exists()  # one seed: nothing to summarise over
@@ -523,10 +523,11 @@ def test_grid_has_one_row_per_teacher_and_one_column_per_defense():
     rows[0]["seconds"] = 8203.3
     rows[1].update(seconds=2728.3, time_incomplete=True)  # a resumed cell: its time is a lower bound
     rows[5]["seconds"] = None  # finished, its time not recorded
+    rows[2].update(status="complete", seconds=1.2)  # CLP in a second
     times = time_grid_markdown(rows)
     assert times.startswith("## Wall time")
     assert [line for line in times.splitlines() if line.startswith("|")][2:] == [
-        "| d | m x1 | 0 | badnets | 136.7 | 45.5+ | stale | - |", "| d | m x1 | 0 | sig | - | - | - | - |"]
+        "| d | m x1 | 0 | badnets | 136.7 | 45.5+ | <0.1 | - |", "| d | m x1 | 0 | sig | - | - | - | - |"]
 
 
 def test_before_after_bars_put_each_finished_cell_in_its_teachers_panel(tmp_path):
