@@ -89,6 +89,7 @@ def summary_markdown(summary: list[dict]) -> str:
 
 
 GRID_KEYS = ("dataset", "model", "seed", "attack")
+GRID_HEADING, TIME_GRID_HEADING = "## At a glance", "## Wall time"  # results.md's two grids
 GRID_CONVENTIONS = """C-Acc / ASR (percent) of each finished cell: one row per teacher, its own column first
 (`none`), then one column per defense; `-` where the cell has not finished (its status is in the
 table above).
@@ -122,7 +123,7 @@ word where the cell has not finished.
 """
 
 
-def grid_markdown(rows: list[dict], cell=grid_cell, heading: str = "## At a glance",
+def grid_markdown(rows: list[dict], cell=grid_cell, heading: str = GRID_HEADING,
                   conventions: str = GRID_CONVENTIONS) -> str:
     """The matrix at a glance: a Markdown table with one row per (dataset, model, seed, attack)
     and one column per defense (`none`, the teacher, first), each cell `cell` of its result row.
@@ -148,8 +149,8 @@ def grid_markdown(rows: list[dict], cell=grid_cell, heading: str = "## At a glan
 
 
 def time_grid_markdown(rows: list[dict]) -> str:
-    """`grid_markdown` of each cell's wall time in minutes (`time_cell`), under '## Wall time'."""
-    return grid_markdown(rows, cell=time_cell, heading="## Wall time", conventions=TIME_GRID_CONVENTIONS)
+    """`grid_markdown` of each cell's wall time in minutes (`time_cell`), under TIME_GRID_HEADING."""
+    return grid_markdown(rows, cell=time_cell, heading=TIME_GRID_HEADING, conventions=TIME_GRID_CONVENTIONS)
 
 
 def write_summary(out: Path, rows: list[dict]) -> bool:

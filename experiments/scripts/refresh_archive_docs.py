@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from experiments.summary import GRID_HEADING, TIME_GRID_HEADING
+
 ARCHIVE = Path("docs/results/cifar10")
 GRID_HEADER = "| attack | none | dhbe |"
 TIME_GRID_HEADER = "| attack (minutes) | none | dhbe |"
@@ -27,7 +29,7 @@ COPIES = {"results.md": "matrix_archive_results.md", "plots/asr_cacc.png": "matr
           "plots/curves.png": "matrix_archive_curves.png"}
 
 
-def grid_without_ids(results_md: str, heading: str = "## At a glance") -> str:
+def grid_without_ids(results_md: str, heading: str = GRID_HEADING) -> str:
     """The grid under `heading` of a matrix results.md ('## At a glance': C-Acc / ASR; '## Wall
     time': minutes) with its dataset, model and seed columns dropped."""
     if heading not in results_md:
@@ -62,7 +64,7 @@ def main() -> None:
             shutil.copyfile(out / source, ARCHIVE / dest)
         readme = Path(args.readme)
         results = (out / "results.md").read_text()
-        times = grid_without_ids(results, "## Wall time").replace("| attack |", "| attack (minutes) |", 1)
+        times = grid_without_ids(results, TIME_GRID_HEADING).replace("| attack |", "| attack (minutes) |", 1)
         text = replace_grid(readme.read_text(), grid_without_ids(results))
         readme.write_text(replace_grid(text, times, TIME_GRID_HEADER))
     print(f"updated {args.readme} and {', '.join(str(ARCHIVE / d) for d in COPIES.values())}")
