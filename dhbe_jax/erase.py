@@ -3,7 +3,8 @@
 `erase(teacher, config, rng)` returns the purified student and its history. With a
 `run_dir`, it checkpoints the whole `DHBEState` every `checkpoint_every` iterations and
 resumes from the latest checkpoint there, ending where an uninterrupted run ends. There is no
-model selection: the final student is the result (as in the official code).
+model selection: the final student is the result (as in the official code), or, with
+`average_start` set, the mean of the students from that point on (a documented deviation).
 """
 
 from __future__ import annotations
@@ -57,13 +58,14 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
     Args:
       config: DHBE settings; rng: PRNG key for the generators and latents.
       eval_fn: student variables -> metrics dict, run every `eval_every` iterations and at the end
-        (for plots only: never used to pick a model).
+        (for plots only: never used to pick a model); once the student average has started, also
+        on the average, logged with the prefix `average_`.
       mesh: device mesh (default all devices); run_dir: where checkpoints and history go.
       stop_after: stop after this many iterations (checkpointed), leaving a resumable run; under
         `backdoor_core.interrupt.stop_on_signals` a Ctrl-C or SIGTERM stops likewise after the
         iteration in flight.
     Returns:
-      EraseResult; `variables` is the final student.
+      EraseResult; `variables` is the final student, or the student average with `average_start`.
     """
     spec, teacher_variables = teacher
     config.validate(spec.image_shape)
@@ -102,6 +104,8 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
                    "elapsed_s": round(time.perf_counter() - started, 3)}  # loop time so far, all attempts
             if eval_fn is not None and (i % eval_every == 0 or i == config.iterations):
                 row.update(eval_fn(jax.device_get(state.student)))
+                if config.averaged_after is not None and i > config.averaged_after:
+                    row.update({f"average_{k}": v for k, v in eval_fn(jax.device_get(state.average)).items()})
             history.append(row)
             if run_dir:
                 rundir.append_history(run_dir, row)
@@ -112,4 +116,5 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
     if checkpoints:
         checkpoints.close()
     complete = int(state.iteration) >= config.iterations
-    return EraseResult(jax.device_get(state.student), history, complete, state)
+    result = state.student if config.averaged_after is None else state.average
+    return EraseResult(jax.device_get(result), history, complete, state)

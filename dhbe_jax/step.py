@@ -18,7 +18,9 @@ The student's batch-norm statistics update on every forward pass on synthetic da
 official behaviour; `student_bn_train=False` keeps the teacher's statistics instead).
 Two opt-in deviations, off by default (the `cpu` config turns them on): `generator_warmup` G-only
 steps before iteration 1 (`make_generator_warmup`), and `balance_weight` * balance_loss(T(x))
-added to L_G, both keeping G's batches spread over the teacher's classes.
+added to L_G, both keeping G's batches spread over the teacher's classes. A third, off unless
+`average_start` is set: the running mean of the student after each iteration from that fraction of
+training on (`DHBEState.average`), which is then the result instead of the last student.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ class DHBEConfig:
         G_p do not move during the warm-up; the warm-up steps do not count as iterations.
       balance_weight: weight of the class-balance term log K - H(mean teacher softmax) in G's
         loss during the game (0: none, the official loss; DEVIATION when > 0).
+      average_start: None (the official code: the result is the last student), or a fraction f in
+        [0, 1): the result is the uniform mean of the student's variables after each iteration
+        i > round(f * iterations) (stochastic weight averaging, Izmailov et al. 2018; DEVIATION).
+        Batch statistics are averaged like the weights (exact when student_bn_train=False, where
+        they stay the teacher's; SWA's recomputation of them needs data this method does not have).
     """
 
     iterations: int = 15000
@@ -95,6 +102,7 @@ class DHBEConfig:
     student_bn_train: bool = True
     generator_warmup: int = 0
     balance_weight: float = 0.0
+    average_start: float | None = None
 
     def validate(self, image_shape) -> "DHBEConfig":
         """Returns self, or raises InputError naming the first setting that cannot work."""
@@ -108,7 +116,9 @@ class DHBEConfig:
                    f"a non-empty subset of {FAMILIES}"),
                   (1 <= self.patch_size <= min(h, w), "patch_size", f"between 1 and the image side {min(h, w)}"),
                   (h % 4 == 0 and w % 4 == 0, "image size", "sides that are multiples of 4 (G upsamples twice)"),
-                  (all(0 < m < 1 for m in self.lr_milestones), "lr_milestones", "fractions in (0, 1)")]
+                  (all(0 < m < 1 for m in self.lr_milestones), "lr_milestones", "fractions in (0, 1)"),
+                  (self.average_start is None or 0 <= self.average_start < 1, "average_start",
+                   "None or a fraction in [0, 1)")]
         check_settings("DHBE config", self, checks, values={"image size": image_shape})
         return self
 
@@ -120,6 +130,11 @@ class DHBEConfig:
     @property
     def uses_trigger(self) -> bool:
         return self.lam > 0
+
+    @property
+    def averaged_after(self) -> int | None:
+        """Iterations after this one enter the student average (None: no averaging)."""
+        return None if self.average_start is None else int(round(self.average_start * self.iterations))
 
 
 @flax.struct.dataclass
@@ -134,6 +149,7 @@ class DHBEState:
     generator_opt: Any
     trigger_opt: Any
     key: jax.Array
+    average: Any = None  # running mean of the student ({'params', 'batch_stats'}) when averaging
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,9 +197,19 @@ def init_state(players: Players, teacher_variables: dict, config: DHBEConfig, rn
         family_keys = {"patch": kp, "full": kf}
         modules = {"patch": players.patch, "full": players.full}
         trigger = {f: gens.init_params(modules[f], family_keys[f], config.nz_trigger) for f in config.trigger_families}
+    average = None if config.average_start is None else jax.tree.map(jnp.array, teacher_variables)
     return DHBEState(jnp.zeros((), jnp.int32), student, generator, trigger,
                      players.student_tx.init(student["params"]), players.generator_tx.init(generator),
-                     players.trigger_tx.init(trigger), key)
+                     players.trigger_tx.init(trigger), key, average)
+
+
+def update_average(average, student, iteration, after: int):
+    """The running mean of the students after iterations after+1 .. `iteration` (a pytree like
+    `student`): unchanged while iteration <= after, the student itself at after+1, then
+    average + (student - average) / (iteration - after)."""
+    n = iteration - after
+    w = jnp.where(n > 0, 1.0 / jnp.maximum(n, 1).astype(jnp.float32), 0.0)
+    return jax.tree.map(lambda a, s: a + (w * (s - a)).astype(a.dtype), average, student)
 
 
 class _Forward:
@@ -358,6 +384,9 @@ def make_iteration(players: Players, config: DHBEConfig, image_shape, mesh):
         if config.uses_trigger:
             state, loss_gp = _trigger_update(f, state, k_trig)
         metrics = {**jax.tree.map(jnp.mean, m), "loss_G": loss_g, "loss_Gp": loss_gp}
+        if config.averaged_after is not None:
+            state = state.replace(average=update_average(state.average, state.student, state.iteration + 1,
+                                                         config.averaged_after))
         return state.replace(iteration=state.iteration + 1, key=key), metrics
 
     rep = replicated(mesh)

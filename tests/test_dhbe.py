@@ -283,10 +283,48 @@ def test_four_devices_match_one(teacher, mesh1, mesh4):
     (dict(patch_size=40), "patch_size = 40"), (dict(trigger_families=("huge",)), "trigger_families"),
     (dict(batch_size=1), "batch_size = 1"), (dict(lam=-1.0), "lam = -1.0"),
     (dict(generator_warmup=-5), "generator_warmup = -5"), (dict(balance_weight=-1.0), "balance_weight"),
+    (dict(average_start=1.0), "average_start = 1.0"),
 ])
 def test_bad_configs(teacher, change, message):
     with pytest.raises(InputError, match=message):
         erase(teacher, dataclasses.replace(TINY, **change), jax.random.PRNGKey(0), progress=False)
+
+
+def test_student_average_is_the_mean_of_the_students_after_its_start(teacher, mesh1):
+    """average_start = 0.5 of 6 iterations: the result is the plain mean of the students after
+    iterations 4, 5 and 6 (recorded one iteration at a time), the run itself is unchanged, and the
+    history logs the average's metrics beside the student's once it has begun."""
+    config = dataclasses.replace(TINY, average_start=0.5)
+    assert config.averaged_after == 3
+    players, iteration = compiled_iteration(teacher[0], config, mesh1)
+    state = replicate(mesh1, init_state(players, teacher[1], config, jax.random.PRNGKey(1)))
+    t = replicate(mesh1, teacher[1])
+    students = []
+    for _ in range(config.iterations):
+        state, _ = iteration(state, t)
+        students.append(jax.device_get(state.student))
+    mean = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *students[3:])
+    tree_close(jax.device_get(state.average), mean, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(jax.tree.leaves(mean)[0], jax.tree.leaves(students[-1])[0])  # not the last one
+
+    calls = []
+    eval_fn = lambda v: calls.append(v) or {"test_acc": float(len(calls))}
+    averaged = erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, eval_fn=eval_fn, eval_every=2,
+                     log_every=1, progress=False)
+    plain = erase(teacher, TINY, jax.random.PRNGKey(1), mesh=mesh1, progress=False)
+    tree_close(averaged.variables, mean, rtol=1e-5, atol=1e-6)
+    tree_close(averaged.state.student, plain.variables, rtol=0, atol=0)  # averaging does not steer the run
+    assert [sorted(r) for r in averaged.history if r["step"] in (2, 4)] == [
+        sorted(set(averaged.history[0]) | {"test_acc"}), sorted(set(averaged.history[0]) | {"test_acc", "average_test_acc"})]
+
+
+def test_resume_with_student_average(teacher, mesh1, tmp_path):
+    config = dataclasses.replace(TINY, average_start=0.3)
+    full = erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, progress=False)
+    erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path, stop_after=4, checkpoint_every=2,
+          progress=False)
+    resumed = erase(teacher, config, jax.random.PRNGKey(1), mesh=mesh1, run_dir=tmp_path, progress=False)
+    tree_close(full.variables, resumed.variables, rtol=0, atol=0)
 
 
 def test_balance_and_confidence_losses():

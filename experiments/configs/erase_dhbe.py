@@ -48,4 +48,5 @@ def get_config(variant: str = "paper"):
     c.num_devices = ml_collections.config_dict.placeholder(int)
     c.dhbe = ml_collections.ConfigDict({k: v for k, v in settings.items() if v is not None})
     c.dhbe.full_sigma = ml_collections.config_dict.placeholder(float)  # None: 0.12 * H * W
+    c.dhbe.average_start = ml_collections.config_dict.placeholder(float)  # None: the last student
     return c
