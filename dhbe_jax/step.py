@@ -197,7 +197,7 @@ def init_state(players: Players, teacher_variables: dict, config: DHBEConfig, rn
         family_keys = {"patch": kp, "full": kf}
         modules = {"patch": players.patch, "full": players.full}
         trigger = {f: gens.init_params(modules[f], family_keys[f], config.nz_trigger) for f in config.trigger_families}
-    average = None if config.average_start is None else jax.tree.map(jnp.array, teacher_variables)
+    average = None if config.average_start is None else jax.tree.map(jnp.array, student)  # its own buffers (donation)
     return DHBEState(jnp.zeros((), jnp.int32), student, generator, trigger,
                      players.student_tx.init(student["params"]), players.generator_tx.init(generator),
                      players.trigger_tx.init(trigger), key, average)

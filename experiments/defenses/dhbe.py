@@ -37,9 +37,7 @@ def _run(cfg, config: DHBEConfig, attack_run: AttackRun, out_dir: Path, mesh) ->
     if not result.complete:
         return {"stopped_at": int(result.state.iteration)}
     metrics = with_der(attack_run.evaluate(result.variables, mesh), attack_run.teacher_metrics)
-    curves = ("test_acc", "asr", "asr_strict", "ra")
-    if config.average_start is not None:
-        curves += ("average_test_acc", "average_asr")
+    curves = ("test_acc", "asr", "asr_strict", "ra", "average_test_acc", "average_asr")  # absent keys are skipped
     plot_history(result.history, curves, out_dir / "metrics.png",
                  f"{'DFAD' if config.lam == 0 else 'DHBE'} on {attack_run.attack.name}")
     plot_history(result.history, ("D", "R", "loss_student"), out_dir / "losses.png", "losses")
