@@ -33,13 +33,16 @@ X_KEYS = (("epoch", "epoch"), ("rounds_done", "PBE rounds done"), ("step", "iter
 def curve_points(history: list[dict]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
     """(x label, x [n], C-Acc % [n], ASR % [n]) of the history rows that carry both test_acc and
     asr, x being the first of epoch / rounds_done / step that every such row has; None if there
-    is no such row."""
+    is no such row. Where a row also carries `average_test_acc` and `average_asr` (DHBE with
+    `average_start`: the result is the average of the students, not the last student), those are
+    its point, so the curve ends at the run's recorded result."""
     rows = [r for r in history if "test_acc" in r and "asr" in r]
+    result = lambda r, m: float(r[f"average_{m}"] if "average_test_acc" in r and "average_asr" in r else r[m])
     for key, label in X_KEYS:
         if rows and all(key in r for r in rows):
             x = np.array([float(r[key]) for r in rows])
-            return (label, x, 100 * np.array([float(r["test_acc"]) for r in rows]),
-                    100 * np.array([float(r["asr"]) for r in rows]))
+            return (label, x, 100 * np.array([result(r, "test_acc") for r in rows]),
+                    100 * np.array([result(r, "asr") for r in rows]))
     return None
 
 

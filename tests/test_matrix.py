@@ -448,6 +448,10 @@ def test_curve_points_pick_each_kind_of_history():
     label, x, _, asr = curve_points(dhbe)  # only rows with both metrics count
     assert label == "iteration / step" and x.tolist() == [50] and asr.tolist() == [10]
     assert curve_points([{"step": 1, "loss": 0.2}]) is None
+    averaged = [{"step": 50, "test_acc": 0.7, "asr": 0.3},  # before averaging: the student is the result
+                {"step": 100, "test_acc": 0.72, "asr": 0.2, "average_test_acc": 0.75, "average_asr": 0.1}]
+    _, x, cacc, asr = curve_points(averaged)
+    assert x.tolist() == [50, 100] and cacc.tolist() == [70, 75] and asr.tolist() == [30, 10]
 
 
 def test_trigger_gallery_changes_only_what_the_trigger_changes(badnets_run, mnist_subset, tmp_path):
