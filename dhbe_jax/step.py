@@ -110,6 +110,16 @@ class DHBEConfig:
         checks = [(self.iterations >= 1, "iterations", "at least 1"),
                   (self.batch_size >= 2, "batch_size", "at least 2 (batch norm needs a batch)"),
                   (self.student_steps >= 1, "student_steps", "at least 1"), (self.lam >= 0, "lam", "non-negative"),
+                  (self.student_lr > 0, "student_lr", "positive"),
+                  (0 <= self.student_momentum < 1, "student_momentum", "in [0, 1)"),
+                  (self.student_weight_decay >= 0, "student_weight_decay", "non-negative"),
+                  (self.generator_lr > 0, "generator_lr", "positive"), (self.trigger_lr > 0, "trigger_lr", "positive"),
+                  (self.lr_gamma > 0, "lr_gamma", "positive"),
+                  (0 <= self.student_warmup < self.iterations, "student_warmup", "in [0, iterations)"),
+                  (self.nz >= 1, "nz", "at least 1"), (self.ngf >= 1, "ngf", "at least 1"),
+                  (self.nz_trigger >= 1, "nz_trigger", "at least 1"),
+                  (self.full_sigma is None or self.full_sigma > 0, "full_sigma", "None (0.12 * H * W) or positive"),
+                  (self.tv_l2_weight >= 0 and self.tv_l1_weight >= 0, "tv_l2_weight / tv_l1_weight", "non-negative"),
                   (self.generator_warmup >= 0, "generator_warmup", "non-negative"),
                   (self.balance_weight >= 0, "balance_weight", "non-negative"),
                   (set(self.trigger_families) <= set(FAMILIES) and self.trigger_families, "trigger_families",
@@ -119,7 +129,8 @@ class DHBEConfig:
                   (all(0 < m < 1 for m in self.lr_milestones), "lr_milestones", "fractions in (0, 1)"),
                   (self.average_start is None or 0 <= self.average_start < 1, "average_start",
                    "None or a fraction in [0, 1)")]
-        check_settings("DHBE config", self, checks, values={"image size": image_shape})
+        check_settings("DHBE config", self, checks, values={"image size": image_shape, "tv_l2_weight / tv_l1_weight":
+                                                            (self.tv_l2_weight, self.tv_l1_weight)})
         return self
 
     def sigma(self, image_shape) -> float:

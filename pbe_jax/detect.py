@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from attacks.pgd import PGDConfig, make_pgd_fn, pgd_dataset
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, check_settings
 from backdoor_core.sharding import make_mesh
 from backdoor_core.train import predict, predict_logits
 
@@ -45,6 +45,13 @@ class DetectConfig:
     num_images: int = 500
     batch_size: int = 250
     seed: int = 0
+
+    def validate(self) -> "DetectConfig":
+        """Returns self, or raises InputError naming the first bad setting."""
+        checks = [(self.num_images >= 1, "num_images", "at least 1"), (self.batch_size >= 1, "batch_size", "at least 1")]
+        check_settings("detect", self, checks)
+        self.pgd.validate()
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +102,7 @@ def detect(module: nn.Module, variables: dict, images: np.ndarray, config: Detec
     images = np.asarray(images)
     if images.ndim != 4 or len(images) == 0:
         raise InputError(f"detect: images have shape {images.shape}; expected a non-empty [N, H, W, C] array")
-    if config.num_images < 1:
-        raise InputError(f"detect: num_images = {config.num_images}; expected at least 1")
+    config.validate()
     mesh = mesh or make_mesh()
     pick = np.sort(np.random.default_rng(config.seed).permutation(len(images))[:config.num_images])
     images = images[pick]

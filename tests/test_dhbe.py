@@ -283,7 +283,10 @@ def test_four_devices_match_one(teacher, mesh1, mesh4):
     (dict(patch_size=40), "patch_size = 40"), (dict(trigger_families=("huge",)), "trigger_families"),
     (dict(batch_size=1), "batch_size = 1"), (dict(lam=-1.0), "lam = -1.0"),
     (dict(generator_warmup=-5), "generator_warmup = -5"), (dict(balance_weight=-1.0), "balance_weight"),
-    (dict(average_start=1.0), "average_start = 1.0"),
+    (dict(average_start=1.0), "average_start = 1.0"), (dict(ngf=-1), "ngf = -1"), (dict(nz=0), "nz = 0"),
+    (dict(student_lr=0.0), "student_lr = 0.0"), (dict(student_momentum=1.0), "student_momentum = 1.0"),
+    (dict(trigger_lr=-1e-3), "trigger_lr"), (dict(student_warmup=6), "student_warmup = 6"),
+    (dict(full_sigma=0.0), "full_sigma = 0.0"), (dict(tv_l1_weight=-1.0), r"tv_l2_weight / tv_l1_weight = \(0.0001, -1.0\)"),
 ])
 def test_bad_configs(teacher, change, message):
     with pytest.raises(InputError, match=message):

@@ -1,6 +1,7 @@
 """The erase entry point: DHBE and DFAD on a finished attack run write complete run directories;
 bad input gives one clear error and leaves nothing behind."""
 
+import importlib
 import json
 
 import pytest
@@ -53,3 +54,17 @@ def test_bad_erase_input(badnets_run, tmp_path, mnist_subset):
     with pytest.raises(InputError, match="patch_size = 99"):
         erase_run("dhbe", str(badnets_run), cfg, str(tmp_path / "c"))
     assert not any((tmp_path / n).exists() for n in "abc")
+
+
+@pytest.mark.parametrize("defense,setting,value,message", [
+    ("pbe", "num_images", 0, "detect: num_images = 0"), ("aft", "batch_size", -1, "detect: batch_size = -1"),
+    ("pbe", "eps", -1.0, "PGD config: eps = -1.0")])
+def test_bad_detection_settings_fail_before_the_run(badnets_run, tmp_path, defense, setting, value, message):
+    """Detection is PBE's and AFT's last step: a bad detection setting is refused at the start,
+    before any fine-tuning, and leaves no run directory (it used to fail after the whole run)."""
+    cfg = importlib.import_module(f"experiments.configs.erase_{defense}").get_config("smoke")
+    cfg.num_devices = 1
+    cfg.detect[setting] = value
+    with pytest.raises(InputError, match=message):
+        erase_run(defense, str(badnets_run), cfg, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -48,8 +48,8 @@ def detect_settings(cfg) -> DetectConfig | None:
     d = cfg.detect
     if not d.enabled:
         return None
-    pgd = PGDConfig(eps=d.eps, alpha=d.alpha, steps=d.steps).validate()
-    return DetectConfig(pgd=pgd, num_images=d.num_images, batch_size=d.batch_size, seed=d.seed)
+    pgd = PGDConfig(eps=d.eps, alpha=d.alpha, steps=d.steps)
+    return DetectConfig(pgd=pgd, num_images=d.num_images, batch_size=d.batch_size, seed=d.seed).validate()
 
 
 def clean_run_dir(run_dir: Path, record: dict) -> Path:
@@ -90,7 +90,8 @@ def poisoned_training_set(attack_run: AttackRun, mesh=None) -> tuple[Split, np.n
 
 def run_pbe(cfg, attack_run: AttackRun, out_dir: Path, mesh) -> dict:
     """PBE with cfg's settings on attack_run's model and poisoned training set; final metrics."""
-    config = finetune_settings(PBEConfig, cfg)
+    config = finetune_settings(PBEConfig, cfg).validate()  # settings checked before any data is read; sizes below
+    detect_settings(cfg)  # checked now, not after the run: detection is its last step
     train, indices, how = poisoned_training_set(attack_run, mesh)
     config.validate(len(train))
     variables, history = pbe(attack_run.module, attack_run.variables, train, config,
@@ -109,7 +110,8 @@ def run_pbe(cfg, attack_run: AttackRun, out_dir: Path, mesh) -> dict:
 
 def run_aft(cfg, attack_run: AttackRun, out_dir: Path, mesh) -> dict:
     """AFT (or FT: no adversarial epochs) on a random cfg.clean_fraction of the clean training split."""
-    config = finetune_settings(AFTConfig, cfg)
+    config = finetune_settings(AFTConfig, cfg).validate()  # settings checked before any data is read; sizes below
+    detect_settings(cfg)  # checked now, not after the run: detection is its last step
     clean = clean_subset(load_dataset(attack_run.dataset_source)[0], cfg.clean_fraction, cfg.clean_seed)
     config.validate(len(clean))
     variables, history = aft(attack_run.module, attack_run.variables, clean, config,
