@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import numpy as np
 
 from backdoor_core.data import Split
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, is_seed
 
 MODES = ("all_to_one", "all_to_all")
 RATIO_OF = ("dataset", "target_class")
@@ -65,6 +65,8 @@ class AttackConfig:
             raise InputError(f"attack mode {self.mode!r}; expected one of {MODES}")
         if self.ratio_of not in RATIO_OF:
             raise InputError(f"attack ratio_of {self.ratio_of!r}; expected one of {RATIO_OF}")
+        if not is_seed(self.seed):
+            raise InputError(f"attack seed = {self.seed!r}; expected a non-negative integer")
         if not 0 < self.poison_ratio <= 1:
             raise InputError(f"poison_ratio = {self.poison_ratio}; expected a fraction in (0, 1]")
         if num_classes is not None and not 0 <= self.target < num_classes:

@@ -5,9 +5,16 @@ the offending thing and what was expected, so that command-line entry points can
 without a traceback from deep inside JAX.
 """
 
+import numbers
+
 
 class InputError(ValueError):
     """Bad user input: an unknown name, a missing file, wrong shapes, dtypes or ranges."""
+
+
+def is_seed(value) -> bool:
+    """True for a non-negative integer (Python or NumPy): what NumPy's and JAX's seeding accept."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
 class CheckpointError(InputError):

@@ -29,7 +29,7 @@ import optax
 
 from backdoor_core.augment import crop_and_flip, to_float
 from backdoor_core.data import Split, default_augmentation
-from backdoor_core.errors import check_settings
+from backdoor_core.errors import check_settings, is_seed
 from backdoor_core.metrics import clean_accuracy
 from backdoor_core.sharding import make_mesh, replicate, replicated, shard_batch
 
@@ -79,7 +79,8 @@ class TrainConfig:
                   (all(0 < m < 1 for m in self.milestones), "milestones", "fractions of training in (0, 1)"),
                   (self.warmup_epochs >= 0, "warmup_epochs", "non-negative"),
                   (self.crop_padding is None or self.crop_padding >= 0, "crop_padding", "non-negative"),
-                  (self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "non-negative")]
+                  (self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "non-negative"),
+                  (is_seed(self.seed), "seed", "a non-negative integer")]
         check_settings("training config", self, checks)
         return self
 

@@ -66,7 +66,7 @@ from attacks.registry import get_attack
 from attacks.backdoor import POISONED_INDICES
 from attacks.triggers import TRIGGER_JSON, TRIGGER_NPZ
 from backdoor_core import rundir
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, is_seed
 from backdoor_core.interrupt import stop_requested
 from experiments.cell_lock import lock_path, try_lock, unlock
 from experiments.common import output_dir, run_cli
@@ -588,6 +588,9 @@ def run_matrix(cfg) -> list[dict]:
     for name in ("datasets", "models", "attacks", "seeds"):
         if not cfg.get(name):
             raise InputError(f"matrix config: {name} is empty; expected at least one entry")
+    for seed in cfg.seeds:
+        if not is_seed(seed):
+            raise InputError(f"matrix config: seed {seed!r} in seeds; expected non-negative integers")
     from experiments.defenses import DEFENSES
 
     for defense in cfg.defenses:

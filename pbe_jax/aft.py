@@ -21,7 +21,7 @@ import numpy as np
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.data import Split
-from backdoor_core.errors import InputError, check_settings
+from backdoor_core.errors import InputError, check_settings, is_seed
 from backdoor_core.interrupt import stop_requested
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from backdoor_core.train import EvalFn, create_train_state
@@ -49,7 +49,8 @@ class AFTConfig(FinetuneConfig):
         self.validate_finetune()
         checks = [(self.epochs >= 1, "epochs", "at least 1"),
                   (0 <= self.adversarial_epochs <= self.epochs, "adversarial_epochs", f"in [0, epochs = {self.epochs}]"),
-                  (self.eval_every_epochs >= 1, "eval_every_epochs", "at least 1")]
+                  (self.eval_every_epochs >= 1, "eval_every_epochs", "at least 1"),
+                  (is_seed(self.seed), "seed", "a non-negative integer")]
         check_settings("AFT", self, checks)
         if num_images is not None and num_images < self.batch_size:
             raise InputError(f"AFT: the clean set has {num_images} images, fewer than one batch of {self.batch_size}; "
@@ -111,6 +112,8 @@ def clean_subset(split: Split, fraction: float, seed: int) -> Split:
     """A uniformly random `fraction` of a clean split (AFT's clean set in the experiments)."""
     if not 0 < fraction <= 1:
         raise InputError(f"AFT: clean fraction {fraction!r}; expected a fraction in (0, 1]")
+    if not is_seed(seed):
+        raise InputError(f"AFT: clean-set seed {seed!r}; expected a non-negative integer")
     count = int(np.floor(fraction * len(split) + 0.5))
     if count == 0:
         raise InputError(f"AFT: a clean fraction {fraction} of {len(split)} images is empty; expected at least one image")

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from attacks.pgd import PGDConfig, make_pgd_fn, pgd_dataset
-from backdoor_core.errors import InputError, check_settings
+from backdoor_core.errors import InputError, check_settings, is_seed
 from backdoor_core.sharding import make_mesh
 from backdoor_core.train import predict, predict_logits
 
@@ -48,7 +48,8 @@ class DetectConfig:
 
     def validate(self) -> "DetectConfig":
         """Returns self, or raises InputError naming the first bad setting."""
-        checks = [(self.num_images >= 1, "num_images", "at least 1"), (self.batch_size >= 1, "batch_size", "at least 1")]
+        checks = [(self.num_images >= 1, "num_images", "at least 1"), (self.batch_size >= 1, "batch_size", "at least 1"),
+                  (is_seed(self.seed), "seed", "a non-negative integer")]
         check_settings("detect", self, checks)
         self.pgd.validate()
         return self

@@ -34,7 +34,7 @@ import numpy as np
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.data import Split
-from backdoor_core.errors import InputError, check_settings
+from backdoor_core.errors import InputError, check_settings, is_seed
 from backdoor_core.interrupt import stop_requested
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from backdoor_core.train import EvalFn, TrainState, create_train_state, predict_logits
@@ -104,7 +104,8 @@ class PBEConfig(FinetuneConfig):
                    "at least 1 or None (epochs_per_round)"),
                   (self.first_round_adversarial_epochs is None or self.first_round_adversarial_epochs >= 0,
                    "first_round_adversarial_epochs", "non-negative or None (all)"),
-                  (self.later_adversarial_batches >= 0, "later_adversarial_batches", "non-negative")]
+                  (self.later_adversarial_batches >= 0, "later_adversarial_batches", "non-negative"),
+                  (is_seed(self.seed), "seed", "a non-negative integer")]
         check_settings("PBE", self, checks)
         if num_images is not None:
             smallest = subset_size(num_images, self.initial_fraction)

@@ -273,6 +273,11 @@ def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     with pytest.raises(InputError, match="defense clp: unknown CLP config variant 'foo'"):
         run_matrix(tiny_matrix)
     tiny_matrix.variant = variant
+    seeds = tiny_matrix.seeds
+    tiny_matrix.seeds = (0, -1)
+    with pytest.raises(InputError, match="seed -1 in seeds"):
+        run_matrix(tiny_matrix)
+    tiny_matrix.seeds = seeds
     (tmp_path / "cells.txt").write_text("not a folder")
     tiny_matrix.archive = str(tmp_path / "cells.txt")
     with pytest.raises(InputError, match="is a file; expected a folder"):

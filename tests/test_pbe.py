@@ -18,8 +18,8 @@ from backdoor_core.models import build_model, spec_for_data
 from backdoor_core.sharding import replicate, shard_batch
 from backdoor_core.train import TrainConfig, create_train_state
 from pbe_jax.pbe import EPOCH_CHECKPOINTS
-from pbe_jax import (AFTConfig, AugmentConfig, DetectConfig, PBEConfig, aft, consistency_scores, detect, make_trainer,
-                     pbe, pbe_augment, rotate, select_clean_subset)
+from pbe_jax import (AFTConfig, AugmentConfig, DetectConfig, PBEConfig, aft, clean_subset, consistency_scores, detect,
+                     make_trainer, pbe, pbe_augment, rotate, select_clean_subset)
 from backdoor_core.train import sgd_update
 from conftest import jit_once
 
@@ -231,6 +231,11 @@ def test_bad_input_is_one_clear_error(data, backdoored, mesh1):
         select_clean_subset(np.ones(10), 0.01)
     with pytest.raises(InputError, match="adversarial_epochs"):
         AFTConfig(epochs=2, adversarial_epochs=3).validate()
+    for config in (PBEConfig(seed=-3), AFTConfig(seed=-3), DetectConfig(seed=-3)):
+        with pytest.raises(InputError, match="seed = -3; expected a non-negative integer"):
+            config.validate()
+    with pytest.raises(InputError, match="clean-set seed -3"):
+        clean_subset(data[0], 0.1, -3)
     model, variables, _, _ = backdoored
     with pytest.raises(InputError, match="fewer than one batch"):
         pbe(model, variables, data[0].subset(np.arange(100)), PBE_TINY, mesh=mesh1, progress=False)

@@ -167,6 +167,8 @@ def test_failed_start_leaves_no_run_directory(mnist_subset, mesh1, mesh4, tmp_pa
         fit(spec, train, dataclasses.replace(TINY, batch_size=30), tmp_path / "a", mesh=mesh4, progress=False)
     with pytest.raises(InputError, match="learning_rate"):
         fit(spec, train, dataclasses.replace(TINY, learning_rate=-1.0), tmp_path / "b", mesh=mesh1, progress=False)
+    with pytest.raises(InputError, match="seed = -1; expected a non-negative integer"):  # NumPy's own error before
+        fit(spec, train, dataclasses.replace(TINY, seed=-1), tmp_path / "b", mesh=mesh1, progress=False)
     other = ModelSpec("small_cnn", 10, (32, 32, 3), 0.25, (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(InputError, match=r"images are \(28, 28, 1\)"):
         fit(other, train, TINY, tmp_path / "c", mesh=mesh1, progress=False)
