@@ -8,7 +8,8 @@ Variants (the part after ':'):
          student SGD 0.1, G/G_p Adam 1e-3, all x0.1 at 60% and 80%. For GPUs.
   cpu    a budget for this 2-core CPU (about an hour at PreAct-ResNet-18 width 1/4), each
          change measured on CIFAR-10 (docs/results_cifar10.md):
-         - 600 iterations of batch 64, ngf 32 (the paper: 15,000 of 256, ngf 64);
+         - 600 iterations of batch 64, ngf 32 (the paper: 15,000 of 256, ngf 64; ngf 64 here
+           took 1.4x the time for no C-Acc: BadNets 78.8 / 5.9 against 77.3 / 8.1 and 78.8 / 5.0);
          - student lr 0.01 with a 20-iteration warm-up (0.1: the copied teacher first loses
            most of its accuracy and needs thousands of iterations to recover, methods/DHBE.md);
          - the teacher's batch-norm statistics kept in the student (student_bn_train=False):
