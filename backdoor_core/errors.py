@@ -13,7 +13,7 @@ class InputError(ValueError):
 
 
 def is_seed(value) -> bool:
-    """True for a non-negative integer (Python or NumPy): what NumPy's and JAX's seeding accept."""
+    """True for a non-negative integer (Python or NumPy; not a bool): what NumPy's seeding accepts."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
