@@ -91,7 +91,7 @@ def poisoned_training_set(attack_run: AttackRun, mesh=None) -> tuple[Split, np.n
 def run_pbe(cfg, attack_run: AttackRun, out_dir: Path, mesh) -> dict:
     """PBE with cfg's settings on attack_run's model and poisoned training set; final metrics."""
     config = finetune_settings(PBEConfig, cfg).validate()  # settings checked before any data is read; sizes below
-    detect_settings(cfg)  # checked now, not after the run: detection is its last step
+    detect_config = detect_settings(cfg)  # checked now, not after the run: detection is its last step
     train, indices, how = poisoned_training_set(attack_run, mesh)
     config.validate(len(train))
     variables, history = pbe(attack_run.module, attack_run.variables, train, config,
@@ -105,13 +105,14 @@ def run_pbe(cfg, attack_run: AttackRun, out_dir: Path, mesh) -> dict:
                  (*METRICS, "next_subset_poison_share"), out_dir / "metrics.png",
                  f"PBE on {attack_run.attack.name}", x="rounds_done")
     _adversarial_grid(attack_run, config.pgd, train, out_dir, mesh)
-    return _finish(cfg, attack_run, out_dir, variables, rounds[-1], mesh, poisoned_set=how, rounds=summary)
+    return _finish(cfg, attack_run, out_dir, variables, rounds[-1], mesh, detect_config, poisoned_set=how,
+                   rounds=summary)
 
 
 def run_aft(cfg, attack_run: AttackRun, out_dir: Path, mesh) -> dict:
     """AFT (or FT: no adversarial epochs) on a random cfg.clean_fraction of the clean training split."""
     config = finetune_settings(AFTConfig, cfg).validate()  # settings checked before any data is read; sizes below
-    detect_settings(cfg)  # checked now, not after the run: detection is its last step
+    detect_config = detect_settings(cfg)  # checked now, not after the run: detection is its last step
     clean = clean_subset(load_dataset(attack_run.dataset_source)[0], cfg.clean_fraction, cfg.clean_seed)
     config.validate(len(clean))
     variables, history = aft(attack_run.module, attack_run.variables, clean, config,
@@ -120,14 +121,14 @@ def run_aft(cfg, attack_run: AttackRun, out_dir: Path, mesh) -> dict:
     if history[-1].get("epoch", 0) < config.epochs:
         return {"stopped_after_epochs": history[-1].get("epoch", 0)}
     plot_history(history, METRICS, out_dir / "metrics.png", f"{cfg.defense.upper()} on {attack_run.attack.name}", x="epoch")
-    return _finish(cfg, attack_run, out_dir, variables, history[-1], mesh, clean_set_size=len(clean))
+    return _finish(cfg, attack_run, out_dir, variables, history[-1], mesh, detect_config, clean_set_size=len(clean))
 
 
-def _finish(cfg, attack_run: AttackRun, out_dir: Path, variables: dict, last_row: dict, mesh, **fields) -> dict:
+def _finish(cfg, attack_run: AttackRun, out_dir: Path, variables: dict, last_row: dict, mesh,
+            detect_config: DetectConfig | None, **fields) -> dict:
     """Final metrics (from the last evaluation, DER against the teacher), detection, saved model."""
     metrics = with_der({k: last_row[k] for k in METRICS if k in last_row}, attack_run.teacher_metrics)
     detection = {}
-    detect_config = detect_settings(cfg)
     if detect_config is not None:
         for name, v in (("teacher", attack_run.variables), ("purified", variables)):
             detection[name] = detect(attack_run.module, v, attack_run.test.images, detect_config, mesh=mesh).to_dict()
