@@ -13,8 +13,11 @@ Steps:
      generators end in a norm; without it the mask collapses to 0, `EncoderDecoder`).
   2. `make_mask_step`: m is pre-trained alone (`mask_epochs` epochs, Adam) on
      lambda_norm * mean(relu(m(x) - mask_density)) + lambda_div * diversity(x, x2, m(x), m(x2)),
-     x2 a shuffled copy of the batch; m is then frozen. Resumable: checkpointed every epoch and
-     on a stop request under `mask_checkpoints/`, removed once the joint state holds m.
+     x2 a shuffled copy of the batch (`mask_loss`: one generator pass, m(x2) = m(x) shuffled; the
+     official code draws x2 from a second loader, another random batch: the pairs are random
+     training images either way, here about one per batch an image with itself, whose term is 0);
+     m is then frozen. Resumable: checkpointed every epoch and on a stop request under
+     `mask_checkpoints/`, removed once the joint state holds m.
   3. `make_iad_step` (one jitted joint step): of each batch of B images, the first
      round(backdoor_ratio B) get their own trigger and the target label, the next
      cross_ratio B get the trigger of another image of the batch and keep their label, the rest
@@ -232,19 +235,26 @@ def generator_optimizer(params: IADParams, config: TrainConfig, total_steps: int
     return optax.adam(lr, b1=0.5, b2=0.9)
 
 
+def mask_loss(m_params, x: jax.Array, perm: jax.Array, params: IADParams, base_channels: int,
+              depth: int) -> jax.Array:
+    """Step 2's loss for images x [B,H,W,C] in [0, 1] and their shuffle x[perm] (perm [B]):
+    lambda_norm * mean(relu(m(x) - mask_density)) + lambda_div * diversity(x, x[perm], m(x), m(x[perm])).
+
+    m is per-image (GroupNorm, no batch statistics), so m(x[perm]) is m(x)[perm]: one generator
+    pass instead of the official code's two, half the pre-training's cost, the same loss.
+    """
+    m1 = generate_mask(m_params, x, base_channels, depth)
+    density = jnp.mean(nn.relu(m1 - params.mask_density))
+    return params.lambda_norm * density + params.lambda_div * diversity_loss(x, x[perm], m1, m1[perm])
+
+
 def make_mask_step(params: IADParams, base_channels: int, depth: int, tx, mesh):
     """Step 2: jitted (mask params, opt state, images uint8 [B,...], key) -> (params, opt state, loss)."""
 
     def step(m_params, opt_state, images, key):
         x = to_float(images)
-        x2 = x[jax.random.permutation(key, x.shape[0])]
-
-        def loss_fn(m_params):
-            m1, m2 = jnp.split(generate_mask(m_params, jnp.concatenate([x, x2]), base_channels, depth), 2)
-            density = jnp.mean(nn.relu(m1 - params.mask_density))
-            return params.lambda_norm * density + params.lambda_div * diversity_loss(x, x2, m1, m2)
-
-        loss, grads = jax.value_and_grad(loss_fn)(m_params)
+        perm = jax.random.permutation(key, x.shape[0])
+        loss, grads = jax.value_and_grad(mask_loss)(m_params, x, perm, params, base_channels, depth)
         updates, opt_state = tx.update(grads, opt_state, m_params)
         return optax.apply_updates(m_params, updates), opt_state, loss
 

@@ -218,6 +218,36 @@ def test_iad_mask_pretraining_keeps_a_sparse_nonzero_mask_at_cifar_scale(mesh1):
     assert np.abs(masks[:8] - masks[8:]).mean() > 1e-3  # and image-specific
 
 
+def test_iad_mask_loss_equals_the_two_pass_loss_of_the_official_code(mnist_subset, mesh1):
+    # The pre-training step runs the mask generator once and shuffles its output for the pairs
+    # (x, x2); the official code runs it on both batches. Same loss, same gradients.
+    from attacks.iad import _mask_program, mask_loss
+
+    params = IADParams(**TINY_IAD)
+    images = mixed(mnist_subset[0], 16).images
+    m = init_generators(jax.random.PRNGKey(0), mnist_subset[0].image_shape, 8, 2)[1]
+    key = jax.random.PRNGKey(5)
+    x = to_float(jnp.asarray(images))
+    perm = jax.random.permutation(key, x.shape[0])
+    assert not np.array_equal(np.asarray(perm), np.arange(16))
+
+    def two_pass(p):
+        m1, m2 = generate_mask(p, x, 8, 2), generate_mask(p, x[perm], 8, 2)
+        return 100.0 * jnp.mean(jax.nn.relu(m1 - 0.032)) + diversity_loss(x, x[perm], m1, m2)
+
+    want, want_grads = jax.value_and_grad(two_pass)(m)
+    got, got_grads = jax.value_and_grad(mask_loss)(m, x, perm, params, 8, 2)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_grads))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4 * scale), got_grads, want_grads)
+    # another shuffle gives another loss (its diversity term): the pairing matters
+    assert abs(float(mask_loss(m, x, jnp.arange(16)[::-1], params, 8, 2)) - float(want)) > 1e-3
+    # and the jitted step minimises exactly this loss, on this shuffle of the batch
+    tx, step = _mask_program(params, 8, 2, mesh1)
+    host = jax.device_get(m)
+    assert float(step(host, tx.init(host), jnp.asarray(images), key)[2]) == pytest.approx(float(want), rel=1e-5)
+
+
 def _stop_at(call: int):
     """A stand-in for `stop_requested` that asks for a stop from its `call`-th call on."""
     calls = iter(range(1, 10**6))

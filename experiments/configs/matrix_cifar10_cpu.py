@@ -19,8 +19,9 @@ CLEAN_LABEL_WITHIN_TARGET = {name: dict(ratio_of="target_class", poison_ratio=0.
 # DEVIATION (CPU budget): IAD's mask generator is pre-trained for 1 epoch (390 Adam steps), not the
 # official 25. At CIFAR-10 shapes one pre-training step of the official 32-channel generator costs
 # 7.7 classifier steps on this CPU and a joint step 1.7 (experiments/scripts/bench_iad_cpu.py,
-# docs/results_cifar10.md), so 25 epochs would take ~9 h before the 15 joint epochs (~75 min); one
-# epoch takes ~22 min. The generators keep the official architecture; the mask, frozen after
+# docs/results_cifar10.md), so 25 epochs would have taken ~9 h before the 15 joint epochs (~75 min);
+# one epoch ~22 min. (Since 2026-12-05 the step runs the generator once, not twice: 2.8 classifier
+# steps, ~3.4 h for 25 epochs, ~8 min for one; still over a session, so the matrix keeps 1.) The generators keep the official architecture; the mask, frozen after
 # pre-training, is checked for density and diversity in the results.
 IAD_CPU = {"iad": dict(params=dict(iad=dict(mask_epochs=1)))}
 
