@@ -28,7 +28,12 @@ gpu_install() {
 # appends when the budget was reached to $3 (a times file). Needs el() (seconds since start).
 gpu_wait_with_budget() {
   local budget=$1 pattern=$2 times=$3
-  ( sleep "$budget"; echo "budget reached at $(el)s" >> "$times"; pkill -INT -f "$pattern"; sleep 30; pkill -KILL -f "$pattern" ) &
+  # The watchdog's sleeps are its own children, killed with it (trap), and write nowhere: an orphaned
+  # sleep holding the caller's stdout kept a call that finished early running until the budget.
+  ( s=; trap 'kill $s 2>/dev/null; exit 0' TERM
+    sleep "$budget" & s=$!; wait $s
+    echo "budget reached at $(el)s" >> "$times"; pkill -INT -f "$pattern"
+    sleep 30 & s=$!; wait $s; pkill -KILL -f "$pattern" ) >/dev/null 2>&1 &
   local killer=$!
   for p in $(jobs -p); do [ "$p" = "$killer" ] || wait "$p"; done
   kill $killer 2>/dev/null
