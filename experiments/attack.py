@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from absl import app
-from ml_collections import config_flags
 
 from attacks.backdoor import BackdoorResult, prepare_attack, train_backdoor
 from attacks.base import AttackConfig, TrainedModel
@@ -29,7 +28,8 @@ from backdoor_core.errors import InputError
 from backdoor_core.models import MODELS
 from backdoor_core.sharding import make_mesh
 from backdoor_core.train import TrainConfig, predict
-from experiments.common import apply_shorthands, dataclass_from_config, define_shorthands, output_dir, run_cli
+from experiments.common import (apply_shorthands, dataclass_from_config, define_config_flag, define_shorthands,
+                                output_dir, parse_flags, run_cli)
 
 EXAMPLES = "examples.png"
 
@@ -95,9 +95,9 @@ def run_attack(cfg) -> BackdoorResult:
 
 def main():
     """Parses --config (defined here, not at import, so entry points can be imported together)."""
-    config = config_flags.DEFINE_config_file("config", "experiments/configs/attack_base.py", "attack config file")
+    config = define_config_flag("experiments/configs/attack_base.py", "attack config file")
     short = define_shorthands(("attack", "dataset", "model", "width", "out", "clean_run"))
-    app.run(lambda argv: run_cli(lambda: run_attack(
+    app.run(flags_parser=parse_flags, main=lambda argv: run_cli(lambda: run_attack(
         apply_shorthands(config.value, {k: v.value for k, v in short.items()}, sys.argv))))
 
 

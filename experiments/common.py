@@ -56,6 +56,78 @@ def apply_shorthands(cfg, values: dict, argv) -> object:
     return cfg
 
 
+def _config_keys(argv, default: str | None, path: list[str]) -> list[str] | None:
+    """The keys at `path` of the config file that `argv` (`--config=FILE[:VARIANT]`) or `default`
+    names, or None where it cannot be read (best effort, for an error message only)."""
+    import importlib.util
+
+    given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    given += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    spec = given[-1] if given else default
+    try:
+        file, _, variant = spec.partition(":")
+        module_spec = importlib.util.spec_from_file_location("_config_for_message", file)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        node = module.get_config(variant) if variant else module.get_config()
+        for key in path:
+            node = node[key]
+        return sorted(node.keys())
+    except Exception:  # noqa: BLE001 - only the message loses its list
+        return None
+
+
+def unknown_setting_message(error: BaseException, argv, default: str | None = None) -> str:
+    """One line for a `--config.a.b=v` override that names no setting of the config.
+
+    `error` is the KeyError / AttributeError ml_collections raises while it applies the overrides
+    (its text: the quoted missing key, maybe a "Did you mean" line); `argv` the command line;
+    `default` the config file used without `--config=`. Names the flag that holds the missing key
+    and the settings that exist at its level where it can.
+    """
+    while error.args and isinstance(error.args[0], BaseException):  # AttributeError(KeyError(...))
+        error = error.args[0]
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    key = (lines[0] if lines else text).strip("\"'")
+    hint = " ".join(lines[1:])
+    flag = next((a.split("=", 1)[0] for a in argv[1:]
+                 if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")[1:]), None)
+    message = f"{flag + ': ' if flag else ''}the config has no setting {key!r}" + (f" ({hint})" if hint else "")
+    if flag:
+        parts = flag.split(".")[1:]
+        keys = _config_keys(argv, default, parts[:parts.index(key)])
+        if keys:
+            message += f"; expected one of {', '.join(keys)}"
+    return message
+
+
+def define_config_flag(default: str | None, help_text: str):
+    """`config_flags.DEFINE_config_file("config", default, help_text)`, whose overrides on the
+    command line name settings that exist. With a default file ml_collections applies the
+    overrides already here, else while absl parses the flags (`parse_flags`): either way a
+    misspelt setting exits with one line 'error: ...' and status 2, not a traceback."""
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file("config", default, help_text)
+    except (KeyError, AttributeError) as e:
+        print(f"error: {unknown_setting_message(e, sys.argv, default)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl's flag parsing (`app.parse_flags_with_usage`), for `app.run(..., flags_parser=parse_flags)`,
+    with an override that names no setting reported as one line (see `define_config_flag`)."""
+    from absl import app
+
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (KeyError, AttributeError) as e:
+        print(f"error: {unknown_setting_message(e, argv)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def output_dir(path: str) -> Path:
     """An output path with ~ expanded."""
     return Path(path).expanduser()

@@ -15,12 +15,11 @@ import importlib
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import make_mesh
-from experiments.common import output_dir, run_cli
+from experiments.common import define_config_flag, output_dir, parse_flags, run_cli
 from experiments.defenses import DEFENSES, config_module, defense_function
 from experiments.defenses.common import load_attack_run
 
@@ -70,8 +69,9 @@ def main():
     defense = flags.DEFINE_string("defense", None, f"one of {', '.join(DEFENSES)}")
     run = flags.DEFINE_string("run", None, "the attack run directory to purify")
     out = flags.DEFINE_string("out", None, "output run directory (default RUN-DEFENSE)")
-    config = config_flags.DEFINE_config_file("config", None, "defense config file[:variant]")
-    app.run(lambda argv: run_cli(lambda: erase_run(defense.value, run.value, config.value, out.value)))
+    config = define_config_flag(None, "defense config file[:variant]")
+    app.run(flags_parser=parse_flags,
+            main=lambda argv: run_cli(lambda: erase_run(defense.value, run.value, config.value, out.value)))
 
 
 if __name__ == "__main__":

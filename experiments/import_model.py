@@ -20,7 +20,6 @@ import types
 from pathlib import Path
 
 from absl import app
-from ml_collections import config_flags
 
 from attacks.backdoor import attack_record, backdoor_metrics, prepare_attack
 from attacks.poison import triggered_test_set
@@ -34,7 +33,7 @@ from backdoor_core.models import build_model
 from backdoor_core.models.torch_import import STAGE_SIZES, convert_state_dict, read_state_dict
 from backdoor_core.sharding import make_mesh
 from experiments.attack import EXAMPLES, attack_config, save_examples
-from experiments.common import output_dir, run_cli
+from experiments.common import define_config_flag, output_dir, parse_flags, run_cli
 
 
 def sha256(path: Path) -> str:
@@ -106,8 +105,8 @@ def import_model(cfg) -> dict:
 
 
 def main():
-    config = config_flags.DEFINE_config_file("config", "experiments/configs/import_torch.py", "import config file")
-    app.run(lambda argv: run_cli(lambda: import_model(config.value)))
+    config = define_config_flag("experiments/configs/import_torch.py", "import config file")
+    app.run(flags_parser=parse_flags, main=lambda argv: run_cli(lambda: import_model(config.value)))
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ from pathlib import Path
 
 import ml_collections
 from absl import app
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from attacks.registry import get_attack
@@ -69,7 +68,7 @@ from backdoor_core import rundir
 from backdoor_core.errors import InputError, is_seed
 from backdoor_core.interrupt import stop_requested
 from experiments.cell_lock import lock_path, try_lock, unlock
-from experiments.common import output_dir, run_cli
+from experiments.common import define_config_flag, output_dir, parse_flags, run_cli
 from experiments.defenses import config_module
 from experiments.plots import plot_before_after, plot_curves, plot_trigger_gallery
 from experiments.summary import grid_markdown, time_grid_markdown, write_summary
@@ -619,8 +618,8 @@ def run_matrix(cfg) -> list[dict]:
 
 
 def main():
-    config = config_flags.DEFINE_config_file("config", "experiments/configs/matrix_quickstart.py", "matrix config")
-    app.run(lambda argv: run_cli(lambda: run_matrix(config.value)))
+    config = define_config_flag("experiments/configs/matrix_quickstart.py", "matrix config")
+    app.run(flags_parser=parse_flags, main=lambda argv: run_cli(lambda: run_matrix(config.value)))
 
 
 if __name__ == "__main__":

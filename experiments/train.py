@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 
 from absl import app
-from ml_collections import config_flags
 
 from backdoor_core.data import load_dataset
 from backdoor_core.errors import InputError
@@ -21,7 +20,8 @@ from backdoor_core.fit import FitResult, fit
 from backdoor_core.models import MODELS, build_model, spec_for_data
 from backdoor_core.sharding import make_mesh
 from backdoor_core.train import TrainConfig, clean_eval_fn
-from experiments.common import apply_shorthands, dataclass_from_config, define_shorthands, output_dir, run_cli
+from experiments.common import (apply_shorthands, dataclass_from_config, define_config_flag, define_shorthands,
+                                output_dir, parse_flags, run_cli)
 
 
 def train_clean(cfg) -> FitResult:
@@ -44,9 +44,9 @@ def train_clean(cfg) -> FitResult:
 
 def main():
     """Parses --config (defined here, not at import, so entry points can be imported together)."""
-    config = config_flags.DEFINE_config_file("config", "experiments/configs/train_base.py", "training config file")
+    config = define_config_flag("experiments/configs/train_base.py", "training config file")
     short = define_shorthands(("dataset", "model", "width", "out"))
-    app.run(lambda argv: run_cli(lambda: train_clean(
+    app.run(flags_parser=parse_flags, main=lambda argv: run_cli(lambda: train_clean(
         apply_shorthands(config.value, {k: v.value for k, v in short.items()}, sys.argv))))
 
 

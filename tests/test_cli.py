@@ -48,3 +48,27 @@ def test_cli_bad_names_give_one_line(tmp_path, override, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    # ml_collections applies a default config file's overrides while the flag is defined ...
+    (["experiments.train", "--config.trian.epochs=3"],
+     "error: --config.trian.epochs: the config has no setting 'trian' (Did you mean \"train\" instead of \"trian\"?); "
+     "expected one of dataset, model, num_devices, out, stop_after_steps, train, width"),
+    (["experiments.attack", "--config.params.badnets.patch_size=4"],
+     "error: --config.params.badnets.patch_size: the config has no setting 'patch_size'; "
+     "expected one of color, margin, pattern, position, size"),
+    # ... and those of a file given on the command line while absl parses the flags
+    (["experiments.erase", "--defense", "dhbe", "--run", "RUN", "--config", "experiments/configs/erase_dhbe.py:cpu",
+      "--config.dhbe.ngff=3"], "error: --config.dhbe.ngff: the config has no setting 'ngff' (Did you mean \"ngf\""),
+])
+def test_a_misspelt_config_setting_gives_one_line(tmp_path, args, message):
+    # It used to end a traceback from inside ml_collections (KeyError / AttributeError).
+    out = tmp_path / "run"
+    args = [a.replace("RUN", str(tmp_path / "no_run")) for a in args]
+    proc = subprocess.run([sys.executable, "-m", *args, f"--config.out={out}" if "erase" not in args[0] else
+                           f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
