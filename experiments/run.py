@@ -580,6 +580,30 @@ def write_results(out: Path, rows: list[dict]) -> None:
     plot_trigger_gallery(out / "plots" / "trigger_gallery.png", rows, warn=tqdm.write)
 
 
+def model_entries(models) -> tuple:
+    """The matrix's `models` as ConfigDicts {name, width (float, default 1.0)}: an entry may be a
+    registry name ("preact_resnet18") or a mapping (a ConfigDict from a config file, or a dict from
+    the command line: --config.models="({'name': 'small_cnn', 'width': 0.5},)")."""
+    entries = []
+    for entry in models:
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not hasattr(entry, "keys") or "name" not in entry.keys():
+            raise InputError(f"matrix config: models entry {entry!r}; expected a model name or a mapping with "
+                             "'name' (and 'width'), e.g. {'name': 'preact_resnet18', 'width': 0.25}")
+        unknown = sorted(set(entry.keys()) - {"name", "width"})
+        if unknown:
+            raise InputError(f"matrix config: models entry {dict(entry)!r} has unknown key(s) {unknown}; "
+                             "expected 'name' and 'width'")
+        try:
+            width = float(entry.get("width", 1.0))
+        except (TypeError, ValueError):
+            raise InputError(f"matrix config: model {entry['name']!r} width {entry.get('width')!r}; "
+                             "expected a positive multiplier") from None
+        entries.append(ml_collections.ConfigDict({"name": str(entry["name"]), "width": width}))
+    return tuple(entries)
+
+
 def run_matrix(cfg) -> list[dict]:
     """Validates the matrix config, runs it, writes and prints the results."""
     # `defenses` may be empty: the matrix then trains (or reuses) its teachers only, e.g. on a
@@ -601,11 +625,12 @@ def run_matrix(cfg) -> list[dict]:
         defense_config(cfg, defense)  # unknown variants and overrides fail here, before any output
     from backdoor_core.models import MODELS
 
+    cfg.models = model_entries(cfg.models)
     for model in cfg.models:
-        if model.get("name") not in MODELS:
-            raise InputError(f"matrix config: unknown model {model.get('name')!r}; expected one of {', '.join(MODELS)}")
-        if not float(model.get("width", 1.0)) > 0:
-            raise InputError(f"matrix config: model {model.name} width {model.get('width')}; expected a positive multiplier")
+        if model.name not in MODELS:
+            raise InputError(f"matrix config: unknown model {model.name!r}; expected one of {', '.join(MODELS)}")
+        if not model.width > 0:
+            raise InputError(f"matrix config: model {model.name} width {model.width}; expected a positive multiplier")
     if cfg.get("archive") and Path(cfg.archive).expanduser().exists() and not Path(cfg.archive).expanduser().is_dir():
         raise InputError(f"matrix config: archive {cfg.archive} is a file; expected a folder (made if missing)")
     matrix = Matrix(cfg)

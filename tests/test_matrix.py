@@ -267,6 +267,14 @@ def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     tiny_matrix.models = (ml_collections.ConfigDict(dict(name="resnet_nope", width=1.0)),)
     with pytest.raises(InputError, match="unknown model 'resnet_nope'"):
         run_matrix(tiny_matrix)
+    for entry, message in [("resnet_nope", "unknown model 'resnet_nope'"),  # a name, as on a command line
+                           ({"nam": "small_cnn"}, "models entry {'nam': 'small_cnn'}; expected a model name or"),
+                           ({"name": "small_cnn", "widht": 0.5}, r"unknown key\(s\) \['widht'\]"),
+                           ({"name": "small_cnn", "width": "x"}, "model 'small_cnn' width 'x'; expected a positive"),
+                           ({"name": "small_cnn", "width": 0}, "model small_cnn width 0.0; expected a positive")]:
+        tiny_matrix.models = (entry,)
+        with pytest.raises(InputError, match=message):
+            run_matrix(tiny_matrix)
     tiny_matrix.models = models
     variant = tiny_matrix.variant
     tiny_matrix.variant = "foo"
@@ -290,7 +298,13 @@ def test_a_teachers_only_matrix_trains_teachers_that_another_machine_reuses(tiny
     # run directories, copied into another machine's matrix, are reused there by the defenses.
     tiny_matrix.defenses = ()
     tiny_matrix.out = str(tmp_path / "gpu")
+    # the model as a plain dict, as --config.models="({'name': 'small_cnn', 'width': 0.5},)" gives it
+    # (it failed with AttributeError: 'dict' object has no attribute 'name')
+    assert [dict(m) for m in tiny_matrix.models] == [{"name": "small_cnn", "width": 0.5}]
+    models = tiny_matrix.models
+    tiny_matrix.models = ({"name": "small_cnn", "width": 0.5},)
     rows = run_matrix(tiny_matrix)
+    tiny_matrix.models = models
     assert [(r["defense"], r["status"]) for r in rows] == [("none", "complete")]
     teacher = "digits-small_cnn-badnets-s0"
     assert not (tmp_path / "gpu" / "defenses").exists()
