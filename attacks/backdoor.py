@@ -26,7 +26,7 @@ from attacks.registry import get_attack
 from attacks.triggers import TRIGGER_JSON, Trigger, load_trigger, save_trigger
 from backdoor_core import rundir
 from backdoor_core.data import Split
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, check_run_counts
 from backdoor_core.fit import FitResult, check_split_fits, fit
 from backdoor_core.metrics import (attack_success_rate, clean_accuracy, robust_accuracy,
                                    strict_attack_success_rate)
@@ -106,6 +106,7 @@ def train_backdoor(config: AttackConfig, model: str, width: float, train: Split,
     See the module docstring for the steps. `record` adds fields to record.json. Resuming an
     unfinished run reuses its saved trigger; a changed attack or training config is refused.
     """
+    check_run_counts("attack run", stop_after_steps=stop_after_steps)
     attack, params = prepare_attack(config, train.image_shape, train.num_classes)
     spec = spec_for_data(model, train.images, train.num_classes, width)
     check_split_fits(test, spec, what="test data")

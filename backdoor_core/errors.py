@@ -17,6 +17,19 @@ def is_seed(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
+def check_run_counts(what: str, **counts) -> None:
+    """InputError unless each of `counts` is a valid loop count of a run: names starting with
+    'stop_after' None or a non-negative integer (0 stops before the first step), the others
+    (log / evaluation / checkpoint intervals) integers >= 1. A 0 interval used to raise
+    ZeroDivisionError mid-run, a negative stop to leave a run stopped before it began."""
+    for name, value in counts.items():
+        if name.startswith("stop_after"):
+            if value is not None and not is_seed(value):
+                raise InputError(f"{what}: {name} = {value!r}; expected None (run to the end) or an integer >= 0")
+        elif not (is_seed(value) and value >= 1):
+            raise InputError(f"{what}: {name} = {value!r}; expected an integer >= 1")
+
+
 class CheckpointError(InputError):
     """A checkpoint that is missing, corrupt, or written for another architecture."""
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints, save_variables
 from backdoor_core.data import Split, batch_indices, steps_per_epoch
-from backdoor_core.errors import InputError
+from backdoor_core.errors import InputError, check_run_counts
 from backdoor_core.interrupt import stop_requested
 from backdoor_core.models import ModelSpec, build_model, init_variables
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate, shard_batch
@@ -67,6 +67,7 @@ def fit(spec: ModelSpec, train: Split, config: TrainConfig, run_dir: Path, *, me
       FitResult with the final variables (host arrays) and the history.
     """
     config = config.with_dataset_defaults(train).validate()
+    check_run_counts("training run", stop_after_steps=stop_after_steps)
     mesh = mesh or make_mesh()
     check_batch_size(config.batch_size, mesh)
     check_split_fits(train, spec)

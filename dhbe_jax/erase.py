@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
+from backdoor_core.errors import check_run_counts
 from backdoor_core.interrupt import stop_requested
 from backdoor_core.models import ModelSpec, build_model
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
@@ -69,6 +70,8 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
     """
     spec, teacher_variables = teacher
     config.validate(spec.image_shape)
+    check_run_counts("DHBE run", log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                     stop_after=stop_after)
     mesh = mesh or make_mesh()
     check_batch_size(config.batch_size, mesh, "DHBE batch size")
     players, iteration = compiled_iteration(spec, config, mesh)

@@ -21,7 +21,7 @@ import numpy as np
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.data import Split
-from backdoor_core.errors import InputError, check_settings, is_seed
+from backdoor_core.errors import InputError, check_run_counts, check_settings, is_seed
 from backdoor_core.interrupt import stop_requested
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from backdoor_core.train import EvalFn, create_train_state
@@ -69,6 +69,7 @@ def aft(model: nn.Module, variables: dict, clean: Split, config: AFTConfig = AFT
     config = dataclasses.replace(config, augment=config.augment.resolve(clean),
                                  schedule_steps=max(1, config.epochs * (len(clean) // config.batch_size)))
     config.validate(len(clean))
+    check_run_counts("AFT run", stop_after_epochs=stop_after_epochs)
     mesh = mesh or make_mesh()
     check_batch_size(config.batch_size, mesh)
     trainer = make_trainer(model, config.finetune_config(), mesh)

@@ -34,7 +34,7 @@ import numpy as np
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.data import Split
-from backdoor_core.errors import InputError, check_settings, is_seed
+from backdoor_core.errors import InputError, check_run_counts, check_settings, is_seed
 from backdoor_core.interrupt import stop_requested
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from backdoor_core.train import EvalFn, TrainState, create_train_state, predict_logits
@@ -139,6 +139,7 @@ def pbe(model: nn.Module, variables: dict, train: Split, config: PBEConfig = PBE
     """
     config = dataclasses.replace(config, augment=config.augment.resolve(train)).validate(len(train))
     _check_ground_truth(ground_truth, len(train))
+    check_run_counts("PBE run", stop_after_rounds=stop_after_rounds)
     mesh = mesh or make_mesh()
     check_batch_size(config.batch_size, mesh)
     trainer = make_trainer(model, config.finetune_config(), mesh)

@@ -72,3 +72,14 @@ def test_a_misspelt_config_setting_gives_one_line(tmp_path, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_negative_stop_is_refused_before_the_run(tmp_path):
+    # --config.stop_after_steps=-1 used to leave a run directory "stopped" before its first step.
+    for entry in ("experiments.train", "experiments.attack"):
+        out = tmp_path / entry
+        proc = subprocess.run([sys.executable, "-m", entry, "--config.stop_after_steps=-1", f"--config.out={out}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "run: stop_after_steps = -1; expected None (run to the end) or an integer >= 0" in proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists()

@@ -68,3 +68,19 @@ def test_bad_detection_settings_fail_before_the_run(badnets_run, tmp_path, defen
     with pytest.raises(InputError, match=message):
         erase_run(defense, str(badnets_run), cfg, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("defense,setting,value,message", [
+    ("dhbe", "eval_every", 0, "DHBE run: eval_every = 0; expected an integer >= 1"),  # was ZeroDivisionError
+    ("dhbe", "log_every", 0, "DHBE run: log_every = 0"), ("dhbe", "checkpoint_every", -5, "checkpoint_every = -5"),
+    ("dhbe", "stop_after", -1, "DHBE run: stop_after = -1; expected None"),  # was a run stopped before it began
+    ("pbe", "stop_after", -1, "PBE run: stop_after_rounds = -1"),
+    ("aft", "stop_after", -2, "AFT run: stop_after_epochs = -2")])
+def test_bad_run_counts_fail_before_the_run(badnets_run, tmp_path, defense, setting, value, message):
+    cfg = smoke() if defense == "dhbe" else \
+        importlib.import_module(f"experiments.configs.erase_{defense}").get_config("smoke")
+    cfg.num_devices = 1
+    cfg[setting] = value
+    with pytest.raises(InputError, match=message):
+        erase_run(defense, str(badnets_run), cfg, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
