@@ -128,6 +128,17 @@ def parse_flags(argv):
         sys.exit(2)
 
 
+def table_path(path: str | None, flag: str = "--out") -> Path | None:
+    """The file a table command writes (`~` expanded), or None; InputError if it is a folder,
+    checked before any work (writing it used to fail with IsADirectoryError at the end)."""
+    if path is None:
+        return None
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise InputError(f"{flag} {path} is a folder; expected a file path for the table (e.g. {out / 'table.md'})")
+    return out
+
+
 def output_dir(path: str) -> Path:
     """An output path with ~ expanded."""
     return Path(path).expanduser()

@@ -36,7 +36,7 @@ from backdoor_core.data import load_dataset
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import make_mesh
 from dhbe_jax.synthesize import SYNTHESIS_STEPS, synthesize
-from experiments.common import output_dir
+from experiments.common import output_dir, table_path
 from experiments.table import markdown
 
 COLUMNS = ("run", "images", "eps", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
@@ -125,6 +125,12 @@ def main(argv=None) -> int:
                         help=f"generator steps for --images synthetic (DHBE's cpu warm-up: {SYNTHESIS_STEPS})")
     parser.add_argument("--out", help="also write the Markdown table (and a .json of the rows) here")
     args = parser.parse_args(argv)
+    try:
+        out = table_path(args.out)
+    except InputError as e:
+        parser.error(str(e))
+    if not 0 < args.threshold <= 1:
+        parser.error(f"--threshold {args.threshold:g}: expected a concentration in (0, 1] (a share of the flipped images)")
     if args.num_images < 1:
         parser.error(f"--num_images {args.num_images}: expected at least 1")
     if args.synthetic_steps < 0:
@@ -137,6 +143,11 @@ def main(argv=None) -> int:
         parser.error(f"--eps {bad[0]:g}: expected positive radii in 1/255 units")
     configs = {eps: DetectConfig(pgd=PGDConfig(eps=eps / 255, alpha=eps / 5 / 255, steps=7),
                                  num_images=args.num_images, seed=args.seed) for eps in dict.fromkeys(args.eps)}
+    try:  # once for all runs, not one error row per run
+        for config in configs.values():
+            config.validate()
+    except InputError as e:
+        parser.error(str(e))
     mesh = make_mesh()
     rows = []
     for run in args.runs:
@@ -149,8 +160,7 @@ def main(argv=None) -> int:
         print("\n".join(markdown_table(new, args.threshold).splitlines()[2:]), flush=True)
     table = markdown_table(rows, args.threshold)
     print(table)
-    if args.out:
-        out = Path(args.out).expanduser()
+    if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(table)
         out.with_suffix(".json").write_text(json.dumps(rows, indent=1))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
+from experiments.common import table_path
 
 MODEL_COLUMNS = ("run", "dataset", "model", "attack", "poisoned", "epochs", "C-Acc", "ASR", "ASR*", "RA", "wall")
 DEFENSE_COLUMNS = ("run", "attack", "defense", "teacher C-Acc", "teacher ASR", "C-Acc", "ASR", "ASR*", "RA", "DER",
@@ -106,6 +107,10 @@ def main(argv=None) -> int:
                         help="run directories (unfinished ones and other folders are skipped; none finished: exit 2)")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args(argv)
+    try:
+        out = table_path(args.out)
+    except InputError as e:
+        parser.error(str(e))
     run_dirs = []
     for run in args.runs:
         path = Path(run).expanduser()
@@ -124,9 +129,9 @@ def main(argv=None) -> int:
         return 2
     text = tables(run_dirs)
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     return 0
 
 

@@ -78,13 +78,25 @@ def test_detect_cli_runs_without_data(badnets_run, tmp_path, monkeypatch, images
     assert sum(row["input_counts"]) == 40 and row["input_top"] == f"{top} ({row['input_counts'][top] / 40:.2f})"
 
 
-def test_detect_cli_rejects_a_non_positive_budget(badnets_run, capsys):
+def test_detect_cli_rejects_bad_arguments_before_any_work(badnets_run, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         detect.main(["--runs", str(badnets_run), "--eps", "6", "0"])
     assert exc.value.code == 2 and "--eps 0: expected positive radii" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         detect.main(["--runs", str(badnets_run), "--images", "synthetic", "--synthetic_steps", "-1"])
     assert exc.value.code == 2 and "--synthetic_steps -1: expected a non-negative" in capsys.readouterr().err
+    # each refused once, before any model is loaded (a bad seed was an error row per run; a folder as
+    # --out an IsADirectoryError after the whole table; a threshold over 1 flagged nothing)
+    for args, message in [(["--seed", "-1"], "detect: seed = -1; expected a non-negative integer"),
+                          (["--threshold", "1.5"], "--threshold 1.5: expected a concentration in (0, 1]"),
+                          (["--out", str(tmp_path)], f"--out {tmp_path} is a folder; expected a file path")]:
+        with pytest.raises(SystemExit) as exc:
+            detect.main(["--runs", str(badnets_run), *args])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and err.count("error") == 1
+    with pytest.raises(SystemExit) as exc:
+        table.main(["--runs", str(badnets_run), "--out", str(tmp_path)])
+    assert exc.value.code == 2 and f"--out {tmp_path} is a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("forced, expected", [("1", True), ("0", False)])
