@@ -88,8 +88,9 @@ def _read_torch_file(path: Path) -> dict:
     try:
         import torch
     except ImportError:
-        raise InputError(f"{path} is a PyTorch file and torch is not installed; install torch, or save the "
-                         "state_dict as an .npz: np.savez(out, **{k: v.numpy() for k, v in sd.items()})") from None
+        raise InputError(f"{path} is not an .npz, and reading it as a PyTorch file needs torch, which is not "
+                         "installed; install torch, or save the state_dict as an .npz: "
+                         "np.savez(out, **{k: v.numpy() for k, v in sd.items()})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds (pickle, zip, unpickling refused)
