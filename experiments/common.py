@@ -77,8 +77,9 @@ def _config_keys(argv, default: str | None, path: list[str]) -> list[str] | None
         return None
 
 
-def unknown_setting_message(error: BaseException, argv, default: str | None = None) -> str:
-    """One line for a `--config.a.b=v` override that names no setting of the config.
+def unknown_setting_message(error: BaseException, argv, default: str | None = None) -> str | None:
+    """One line for a `--config.a.b=v` override that names no setting of the config, or None when
+    no `--config.` flag on the command line holds the missing key (then `error` is something else).
 
     `error` is the KeyError / AttributeError ml_collections raises while it applies the overrides
     (its text: the quoted missing key, maybe a "Did you mean" line); `argv` the command line;
@@ -93,12 +94,13 @@ def unknown_setting_message(error: BaseException, argv, default: str | None = No
     hint = " ".join(lines[1:])
     flag = next((a.split("=", 1)[0] for a in argv[1:]
                  if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")[1:]), None)
-    message = f"{flag + ': ' if flag else ''}the config has no setting {key!r}" + (f" ({hint})" if hint else "")
-    if flag:
-        parts = flag.split(".")[1:]
-        keys = _config_keys(argv, default, parts[:parts.index(key)])
-        if keys:
-            message += f"; expected one of {', '.join(keys)}"
+    if flag is None:
+        return None
+    message = f"{flag}: the config has no setting {key!r}" + (f" ({hint})" if hint else "")
+    parts = flag.split(".")[1:]
+    keys = _config_keys(argv, default, parts[:parts.index(key)])
+    if keys:
+        message += f"; expected one of {', '.join(keys)}"
     return message
 
 
@@ -112,8 +114,7 @@ def define_config_flag(default: str | None, help_text: str):
     try:
         return config_flags.DEFINE_config_file("config", default, help_text)
     except (KeyError, AttributeError) as e:
-        print(f"error: {unknown_setting_message(e, sys.argv, default)}", file=sys.stderr)
-        sys.exit(2)
+        _exit_unknown_setting(e, sys.argv, default)
 
 
 def parse_flags(argv):
@@ -124,8 +125,16 @@ def parse_flags(argv):
     try:
         return app.parse_flags_with_usage(argv)
     except (KeyError, AttributeError) as e:
-        print(f"error: {unknown_setting_message(e, argv)}", file=sys.stderr)
-        sys.exit(2)
+        _exit_unknown_setting(e, argv, None)
+
+
+def _exit_unknown_setting(error: BaseException, argv, default: str | None):
+    """Exits with status 2 and one line if `error` is a misspelt `--config.` setting; else re-raises it."""
+    message = unknown_setting_message(error, argv, default)
+    if message is None:
+        raise error
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def table_path(path: str | None, flag: str = "--out") -> Path | None:
