@@ -54,6 +54,8 @@ class DHBEConfig:
       student_steps: student updates per iteration. lam: weight of R (0 gives DFAD).
       student_lr / momentum / weight_decay: the student's SGD. generator_lr, trigger_lr: Adam.
       lr_milestones, lr_gamma: all three learning rates x gamma at these fractions of training.
+      trigger_lr_milestones: None (the official code: G_p's lr follows lr_milestones), or G_p's own
+        fractions (DEVIATION; e.g. () keeps G_p at trigger_lr while the student's lr decays).
       student_warmup: iterations of linear warm-up of the student's learning rate (0: none, the
         official setting; a short CPU budget benefits from one, see the configs).
       nz, ngf: G's latent size and width. nz_trigger: G_p's latent size.
@@ -89,6 +91,7 @@ class DHBEConfig:
     trigger_lr: float = 1e-3
     lr_milestones: tuple[float, ...] = (0.6, 0.8)
     lr_gamma: float = 0.1
+    trigger_lr_milestones: tuple[float, ...] | None = None
     student_warmup: int = 0
     nz: int = 256
     ngf: int = 64
@@ -127,6 +130,8 @@ class DHBEConfig:
                   (1 <= self.patch_size <= min(h, w), "patch_size", f"between 1 and the image side {min(h, w)}"),
                   (h % 4 == 0 and w % 4 == 0, "image size", "sides that are multiples of 4 (G upsamples twice)"),
                   (all(0 < m < 1 for m in self.lr_milestones), "lr_milestones", "fractions in (0, 1)"),
+                  (self.trigger_lr_milestones is None or all(0 < m < 1 for m in self.trigger_lr_milestones),
+                   "trigger_lr_milestones", "None (lr_milestones) or fractions in (0, 1)"),
                   (self.average_start is None or 0 <= self.average_start < 1, "average_start",
                    "None or a fraction in [0, 1)")]
         check_settings("DHBE config", self, checks, values={"image size": image_shape, "tv_l2_weight / tv_l1_weight":
@@ -176,8 +181,16 @@ class Players:
     trigger_tx: optax.GradientTransformation
 
 
-def _milestones(config: DHBEConfig, per_iteration: int) -> dict[int, float]:
-    return {int(round(m * config.iterations * per_iteration)): config.lr_gamma for m in config.lr_milestones}
+def _milestones(config: DHBEConfig, per_iteration: int, fractions=None) -> dict[int, float]:
+    """{update count: gamma} at `fractions` (default lr_milestones) of the run, `per_iteration` updates each."""
+    fractions = config.lr_milestones if fractions is None else fractions
+    return {int(round(m * config.iterations * per_iteration)): config.lr_gamma for m in fractions}
+
+
+def trigger_lr_schedule(config: DHBEConfig) -> optax.Schedule:
+    """G_p's Adam learning rate per G_p update (one per iteration): trigger_lr x gamma at
+    trigger_lr_milestones, or at lr_milestones with the other two players (the official code)."""
+    return optax.piecewise_constant_schedule(config.trigger_lr, _milestones(config, 1, config.trigger_lr_milestones))
 
 
 def make_players(model: nn.Module, image_shape, config: DHBEConfig) -> Players:
@@ -189,13 +202,13 @@ def make_players(model: nn.Module, image_shape, config: DHBEConfig) -> Players:
         student_lr = optax.join_schedules([optax.linear_schedule(0.0, config.student_lr, warm), student_lr], [warm])
     student_tx = optax.chain(optax.add_decayed_weights(config.student_weight_decay),
                              optax.sgd(student_lr, momentum=config.student_momentum))
-    adam = lambda lr: optax.adam(optax.piecewise_constant_schedule(lr, _milestones(config, 1)))
+    generator_lr = optax.piecewise_constant_schedule(config.generator_lr, _milestones(config, 1))
     # Every registry model carries its dataset normalisation; G emits images with those statistics.
     sample_generator = gens.SampleGenerator(tuple(image_shape), config.ngf, tuple(model.mean), tuple(model.std))
     return Players(model, sample_generator,
                    gens.PatchTriggerGenerator(config.patch_size, image_shape[-1]),
                    gens.FullTriggerGenerator(tuple(image_shape), config.ngf),
-                   student_tx, adam(config.generator_lr), adam(config.trigger_lr))
+                   student_tx, optax.adam(generator_lr), optax.adam(trigger_lr_schedule(config)))
 
 
 def init_state(players: Players, teacher_variables: dict, config: DHBEConfig, rng: jax.Array) -> DHBEState:

@@ -22,7 +22,7 @@ from dhbe_jax import generators as gens
 from dhbe_jax.erase import compiled_iteration
 from dhbe_jax.losses import balance_loss, confidence_loss, l1_logits, tv_l1, tv_l2
 from dhbe_jax.step import (_Forward, _generator_update, _student_update, _trigger_update, init_state,
-                           make_generator_warmup)
+                           make_generator_warmup, make_players, trigger_lr_schedule)
 from dhbe_jax.triggers import add_full_triggers, add_patches, pad_patches, random_positions
 
 # The erase CLI's test runs this same configuration on the same teacher (test_erase_cli.smoke), so
@@ -287,10 +287,33 @@ def test_four_devices_match_one(teacher, mesh1, mesh4):
     (dict(student_lr=0.0), "student_lr = 0.0"), (dict(student_momentum=1.0), "student_momentum = 1.0"),
     (dict(trigger_lr=-1e-3), "trigger_lr"), (dict(student_warmup=6), "student_warmup = 6"),
     (dict(full_sigma=0.0), "full_sigma = 0.0"), (dict(tv_l1_weight=-1.0), r"tv_l2_weight / tv_l1_weight = \(0.0001, -1.0\)"),
+    (dict(trigger_lr_milestones=(0.5, 1.0)), r"trigger_lr_milestones = \(0.5, 1.0\)"),
 ])
 def test_bad_configs(teacher, change, message):
     with pytest.raises(InputError, match=message):
         erase(teacher, dataclasses.replace(TINY, **change), jax.random.PRNGKey(0), progress=False)
+
+
+def test_trigger_lr_follows_the_common_milestones_unless_given_its_own():
+    # 100 iterations, milestones at 60% and 80%: G_p has one update per iteration, the student 5.
+    config = DHBEConfig(iterations=100, trigger_lr=1e-3)
+    official = trigger_lr_schedule(config)
+    assert [float(official(i)) for i in (0, 59, 60, 79, 80, 99)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+    held = trigger_lr_schedule(dataclasses.replace(config, trigger_lr_milestones=()))
+    assert [float(held(i)) for i in (0, 60, 99)] == pytest.approx([1e-3] * 3)
+    late = trigger_lr_schedule(dataclasses.replace(config, trigger_lr_milestones=(0.9,)))
+    assert [float(late(i)) for i in (80, 89, 90)] == pytest.approx([1e-3, 1e-3, 1e-4])
+    # and G_p's optimiser takes it: under a constant gradient Adam's update is -lr * sign(g) (up to
+    # eps), so its 70th update shows the lr then in force; G's keeps the common milestones.
+    model = build_model(ModelSpec("small_cnn", 10, (28, 28, 1), width=0.25))
+    for c, want in ((config, 1e-4), (dataclasses.replace(config, trigger_lr_milestones=()), 1e-3)):
+        players = make_players(model, (28, 28, 1), c)
+        for tx, lr in ((players.trigger_tx, want), (players.generator_tx, 1e-4)):
+            params, grads = {"w": jnp.ones(3)}, {"w": jnp.array([1.0, -2.0, 3.0])}
+            state = tx.init(params)
+            for _ in range(70):
+                updates, state = tx.update(grads, state, params)
+            np.testing.assert_allclose(updates["w"], [-lr, lr, -lr], rtol=1e-3)
 
 
 def test_student_average_is_the_mean_of_the_students_after_its_start(teacher, mesh1):

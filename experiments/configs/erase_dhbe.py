@@ -50,4 +50,5 @@ def get_config(variant: str = "paper"):
     c.dhbe = ml_collections.ConfigDict({k: v for k, v in settings.items() if v is not None})
     c.dhbe.full_sigma = ml_collections.config_dict.placeholder(float)  # None: 0.12 * H * W
     c.dhbe.average_start = ml_collections.config_dict.placeholder(float)  # None: the last student
+    c.dhbe.trigger_lr_milestones = ml_collections.config_dict.placeholder(tuple)  # None: lr_milestones
     return c
