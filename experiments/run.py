@@ -581,9 +581,11 @@ def write_results(out: Path, rows: list[dict]) -> None:
 
 
 def model_entries(models) -> tuple:
-    """The matrix's `models` as ConfigDicts {name, width (float, default 1.0)}: an entry may be a
-    registry name ("preact_resnet18") or a mapping (a ConfigDict from a config file, or a dict from
-    the command line: --config.models="({'name': 'small_cnn', 'width': 0.5},)")."""
+    """The matrix's `models` as ConfigDicts {name, width (float, default 1.0)}, checked: an entry
+    may be a registry name ("preact_resnet18") or a mapping (a ConfigDict from a config file, or a
+    dict from the command line: --config.models="({'name': 'small_cnn', 'width': 0.5},)")."""
+    from backdoor_core.models import MODELS
+
     entries = []
     for entry in models:
         if isinstance(entry, str):
@@ -595,11 +597,15 @@ def model_entries(models) -> tuple:
         if unknown:
             raise InputError(f"matrix config: models entry {dict(entry)!r} has unknown key(s) {unknown}; "
                              "expected 'name' and 'width'")
+        if entry["name"] not in MODELS:
+            raise InputError(f"matrix config: unknown model {entry['name']!r}; expected one of {', '.join(MODELS)}")
         try:
             width = float(entry.get("width", 1.0))
         except (TypeError, ValueError):
-            raise InputError(f"matrix config: model {entry['name']!r} width {entry.get('width')!r}; "
-                             "expected a positive multiplier") from None
+            width = None
+        if width is None or not width > 0:
+            raise InputError(f"matrix config: model {entry['name']} width {entry.get('width')!r}; "
+                             "expected a positive multiplier")
         entries.append(ml_collections.ConfigDict({"name": str(entry["name"]), "width": width}))
     return tuple(entries)
 
@@ -623,14 +629,7 @@ def run_matrix(cfg) -> list[dict]:
         get_attack(attack)
     for defense in cfg.defenses:
         defense_config(cfg, defense)  # unknown variants and overrides fail here, before any output
-    from backdoor_core.models import MODELS
-
     cfg.models = model_entries(cfg.models)
-    for model in cfg.models:
-        if model.name not in MODELS:
-            raise InputError(f"matrix config: unknown model {model.name!r}; expected one of {', '.join(MODELS)}")
-        if not model.width > 0:
-            raise InputError(f"matrix config: model {model.name} width {model.width}; expected a positive multiplier")
     if cfg.get("archive") and Path(cfg.archive).expanduser().exists() and not Path(cfg.archive).expanduser().is_dir():
         raise InputError(f"matrix config: archive {cfg.archive} is a file; expected a folder (made if missing)")
     matrix = Matrix(cfg)

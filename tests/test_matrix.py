@@ -270,8 +270,8 @@ def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     for entry, message in [("resnet_nope", "unknown model 'resnet_nope'"),  # a name, as on a command line
                            ({"nam": "small_cnn"}, "models entry {'nam': 'small_cnn'}; expected a model name or"),
                            ({"name": "small_cnn", "widht": 0.5}, r"unknown key\(s\) \['widht'\]"),
-                           ({"name": "small_cnn", "width": "x"}, "model 'small_cnn' width 'x'; expected a positive"),
-                           ({"name": "small_cnn", "width": 0}, "model small_cnn width 0.0; expected a positive")]:
+                           ({"name": "small_cnn", "width": "x"}, "model small_cnn width 'x'; expected a positive"),
+                           ({"name": "small_cnn", "width": 0}, "model small_cnn width 0; expected a positive")]:
         tiny_matrix.models = (entry,)
         with pytest.raises(InputError, match=message):
             run_matrix(tiny_matrix)
