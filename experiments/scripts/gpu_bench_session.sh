@@ -7,7 +7,6 @@
 #   SMOKE=1 bash experiments/scripts/gpu_bench_session.sh   # the same sequence, tiny, on this CPU
 set -u
 OUT=${OUT:-/tmp/out_bench}; mkdir -p "$OUT"; LOG=$OUT/bench.log
-START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 . experiments/scripts/gpu_setup.sh
 if [ -d .whl ] && [ "${SMOKE:-0}" = 0 ]; then gpu_install || exit 3; fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2

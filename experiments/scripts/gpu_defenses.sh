@@ -68,7 +68,6 @@ if [ "${1:-}" = install ]; then
   exit 0
 fi
 
-START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 OUT=${OUT:-/tmp/out_defenses}; mkdir -p "$OUT"; PY=${PY:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
   # The quickstart's teachers, trained here first; the defenses' smoke variants.
@@ -89,12 +88,11 @@ fi
 L=$R/logs
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $L/machine.txt 2>&1
-run() { local name=$1; shift; local s=$(date +%s); "$@" > $L/$name.log 2>&1; echo "$name rc=$? took=$(( $(date +%s)-s ))s end=$(el)s" >> $L/times.txt; }
 while read -r a d; do
   [ -n "$a" ] || continue
   out=$R/m_${a}_$d; mkdir -p $out/teachers
   cp -r $TEACHERS/*-$a-s0 $out/teachers/; cp -r $TEACHERS/*-clean-s0 $out/teachers/ 2>/dev/null
-  run "${a}_$d" $PY -m experiments.run --config $CFG --config.out=$out "--config.attacks=('$a',)" \
+  gpu_run "${a}_$d" $PY -m experiments.run --config $CFG --config.out=$out "--config.attacks=('$a',)" \
       "--config.defenses=('$d',)" --config.archive=$R/archive_${a}_$d &
 done < "$CELLS"
 gpu_wait_with_budget $BUDGET "config.out=$R/m_" $L/times.txt

@@ -10,19 +10,14 @@
 # (DFAD finished: 83.5 / 3.6; DHBE was stopped by BUDGET at iteration 3,017 before its first
 # checkpoint and left nothing, which backdoor_core/interrupt.py now prevents).
 set -u
-START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 OUT=${OUT:-/tmp/out3}; mkdir -p $OUT; BUDGET=${BUDGET:-330}; PY=${PY:-python3}; ITERS=${ITERS:-4000}
 . experiments/scripts/gpu_setup.sh
 if [ -d .whl ] && [ "${SMOKE:-0}" = 0 ]; then gpu_install || exit 3; fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 R=$PWD/runs_gpu3; L=$R/logs; rm -rf $R; mkdir -p $L; cp -r .gpu/teachers/badnets $R/
-run() { local name=$1; shift; local s=$(date +%s); "$@" > $L/$name.log 2>&1; echo "$name rc=$? took=$(( $(date +%s)-s ))s end=$(el)s" >> $L/times.txt; }
 C="--config experiments/configs/erase_dhbe.py:paper --config.dhbe.iterations=$ITERS --config.eval_every=$(( ITERS / 8 )) --config.checkpoint_every=$ITERS"
 $PY -c "from backdoor_core.data import load_dataset; load_dataset('../shared/data/cifar10.tar.gz')" > $L/data.log 2>&1
-for d in dhbe dfad; do run ${d}_paper $PY -m experiments.erase --defense $d --run $R/badnets $C --out $R/badnets-${d}_paper$ITERS & done
-( sleep $BUDGET; echo "budget reached at $(el)s" >> $L/times.txt; pkill -INT -f "experiments\."; sleep 8; pkill -KILL -f "experiments\." ) &
-KILLER=$!
-for p in $(jobs -p); do [ "$p" = "$KILLER" ] || wait "$p"; done
-kill $KILLER 2>/dev/null
+for d in dhbe dfad; do gpu_run ${d}_paper $PY -m experiments.erase --defense $d --run $R/badnets $C --out $R/badnets-${d}_paper$ITERS & done
+gpu_wait_with_budget $BUDGET "experiments\\.erase" $L/times.txt
 cd $R && tar czf $OUT/dhbe_paper.tgz --exclude=checkpoints --exclude=model logs $(ls -d badnets-* 2>/dev/null)
 cat $L/times.txt; for f in badnets-*/history.jsonl; do echo $f; grep test_acc $f | tail -3; done; tail -n 2 $L/*.log

@@ -26,7 +26,6 @@ set -u
 if [ "${1:-}" = prepare ]; then
   set -e; gpu_prepare; du -sh .whl .gpu; exit 0
 fi
-START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 OUT=${OUT:-/tmp/out_issue3}; mkdir -p "$OUT"; PY=${PY:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
   BUDGET=${BUDGET:-600}; E=${EPOCHS:-1}; R=${R:-/tmp/runs_issue3_smoke}
@@ -43,17 +42,13 @@ rm -rf "$R"; mkdir -p "$R/logs"; L=$R/logs
 if [ -n "${RESUME:-}" ]; then for f in "$RESUME"/*.tgz; do [ "$(basename "$f")" = logs.tgz ] || tar xzf "$f" -C "$R"; done; fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $L/machine.txt 2>&1
-run() {  # a run directory that came back finished (RESUME) is not run again
-  local name=$1; shift; local s=$(date +%s)
-  if grep -q '"status": "complete"' "$R/$name/record.json" 2>/dev/null; then echo "$name already complete" >> $L/times.txt; return; fi
-  "$@" > $L/$name.log 2>&1; echo "$name rc=$? took=$(( $(date +%s)-s ))s end=$(el)s" >> $L/times.txt
-}
-run clean_e$E $PY -m experiments.train --config $TRAIN_CFG $DATA --config.train.epochs=$E --config.out=$R/clean_e$E &
-run sig_tc50_e$E $PY -m experiments.attack --config $ATTACK_CFG $DATA --config.attack=sig --config.ratio_of=target_class \
+GPU_SKIP_COMPLETE=1  # a run directory that came back finished (RESUME) is not run again
+gpu_run clean_e$E $PY -m experiments.train --config $TRAIN_CFG $DATA --config.train.epochs=$E --config.out=$R/clean_e$E &
+gpu_run sig_tc50_e$E $PY -m experiments.attack --config $ATTACK_CFG $DATA --config.attack=sig --config.ratio_of=target_class \
   --config.poison_ratio=0.5 --config.train.epochs=$E --config.out=$R/sig_tc50_e$E &
-run wanet_e$E $PY -m experiments.attack --config $ATTACK_CFG $DATA --config.attack=wanet --config.train.epochs=$E \
+gpu_run wanet_e$E $PY -m experiments.attack --config $ATTACK_CFG $DATA --config.attack=wanet --config.train.epochs=$E \
   --config.out=$R/wanet_e$E &
-run iad_official $PY -m experiments.attack --config $ATTACK_CFG $DATA --config.attack=iad $IAD_EXTRA --config.out=$R/iad_official &
+gpu_run iad_official $PY -m experiments.attack --config $ATTACK_CFG $DATA --config.attack=iad $IAD_EXTRA --config.out=$R/iad_official &
 gpu_wait_with_budget $BUDGET "config.out=$R/" $L/times.txt
 cd "$R"
 for d in */; do

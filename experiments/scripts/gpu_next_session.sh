@@ -35,7 +35,6 @@ if [ "${1:-}" = prepare ]; then
   du -sh .whl .gpu
   exit 0
 fi
-START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 OUT=${OUT:-/tmp/out_next}; mkdir -p "$OUT"; PY=${PY:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
   BUDGET=${BUDGET:-240}; ITERS=20; EVERY=10
@@ -53,23 +52,19 @@ else
 fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 L=$R/logs
-run() { local name=$1; shift; local s=$(date +%s); "$@" > $L/$name.log 2>&1; echo "$name rc=$? took=$(( $(date +%s)-s ))s end=$(el)s" >> $L/times.txt; }
 nvidia-smi --query-gpu=name,memory.total --format=csv > $L/machine.txt 2>&1
 if [ "${SMOKE:-0}" = 1 ]; then
-  run iad $PY -m experiments.attack --config experiments/configs/attack_base.py --config.attack=iad $AOV --config.out=$R/iad &
+  gpu_run iad $PY -m experiments.attack --config experiments/configs/attack_base.py --config.attack=iad $AOV --config.out=$R/iad &
 else
-  run iad $PY -m experiments.attack --config experiments/configs/attack_cifar10.py --config.attack=iad --config.out=$R/iad &
+  gpu_run iad $PY -m experiments.attack --config experiments/configs/attack_cifar10.py --config.attack=iad --config.out=$R/iad &
 fi
 E="$PY -m experiments.erase"
 C="$DCFG --config.dhbe.iterations=$ITERS --config.eval_every=$EVERY --config.checkpoint_every=$EVERY"
 FIX="--config.dhbe.student_bn_train=False --config.dhbe.generator_warmup=200 --config.dhbe.balance_weight=1.0"
-run dhbe_badnets $E --defense dhbe --run $R/badnets $C --out $R/badnets-dhbe_paper$ITERS &
-run dhbe_blended $E --defense dhbe --run $R/blended $C $FIX --out $R/blended-dhbe_paperfix$ITERS &
-run dfad_blended $E --defense dfad --run $R/blended $C $FIX --out $R/blended-dfad_paperfix$ITERS &
-( sleep $BUDGET; echo "budget reached at $(el)s" >> $L/times.txt; pkill -INT -f "experiments\.(attack|erase)"; sleep 45; pkill -KILL -f "experiments\.(attack|erase)" ) &
-KILLER=$!
-for p in $(jobs -p); do [ "$p" = "$KILLER" ] || wait "$p"; done
-kill $KILLER 2>/dev/null
+gpu_run dhbe_badnets $E --defense dhbe --run $R/badnets $C --out $R/badnets-dhbe_paper$ITERS &
+gpu_run dhbe_blended $E --defense dhbe --run $R/blended $C $FIX --out $R/blended-dhbe_paperfix$ITERS &
+gpu_run dfad_blended $E --defense dfad --run $R/blended $C $FIX --out $R/blended-dfad_paperfix$ITERS &
+gpu_wait_with_budget $BUDGET "experiments\\.(attack|erase)" $L/times.txt
 cd $R && tar czf $OUT/runs.tgz --exclude=checkpoints --exclude='*-*/model' logs iad $(ls -d *-* 2>/dev/null)
 cat $L/times.txt
 for f in */history.jsonl; do echo "$f: $(grep -c . $f) rows; last: $(tail -n 1 $f | cut -c 1-300)"; done

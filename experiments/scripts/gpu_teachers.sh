@@ -38,7 +38,6 @@ if [ "${1:-}" = install ]; then
   done
   exit 0
 fi
-START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 OUT=${OUT:-/tmp/out_teachers}; mkdir -p "$OUT"; PY=${PY:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
   BUDGET=${BUDGET:-300}; ATTACKS=${SMOKE_ATTACKS:-"badnets lf"}
@@ -53,9 +52,8 @@ fi
 rm -rf "$R"; mkdir -p "$R/logs"; L=$R/logs
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $L/machine.txt 2>&1
-run() { local name=$1; shift; local s=$(date +%s); "$@" > $L/$name.log 2>&1; echo "$name rc=$? took=$(( $(date +%s)-s ))s end=$(el)s" >> $L/times.txt; }
 for a in $ATTACKS; do
-  run "$a" $PY -m experiments.run --config $CFG --config.out=$R/m_$a "--config.attacks=('$a',)" "--config.defenses=()" &
+  gpu_run "$a" $PY -m experiments.run --config $CFG --config.out=$R/m_$a "--config.attacks=('$a',)" "--config.defenses=()" &
 done
 gpu_wait_with_budget $BUDGET "config.out=$R/m_" $L/times.txt
 cd "$R"
