@@ -55,6 +55,15 @@ def test_normalize_is_the_first_layer():
     np.testing.assert_allclose(out.ravel(), [1.0, 3.0, 1.0])
 
 
+def test_images_with_the_wrong_channel_count_are_refused():
+    # A 1-channel image would broadcast against a 3-channel mean and run silently.
+    s = spec("preact_resnet18")
+    variables = jax.eval_shape(lambda: init_variables(s, jax.random.PRNGKey(0)))
+    for shape in [(2, 32, 32, 1), (32, 32, 3)]:
+        with pytest.raises(InputError, match=r"images of shape .* a model that takes 3-channel"):
+            jax.eval_shape(build_model(s).apply, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+
+
 def test_spec_round_trip_and_data_normalisation():
     images = np.stack([np.full((4, 4, 1), 0, np.uint8), np.full((4, 4, 1), 255, np.uint8)])
     s = spec_for_data("small_cnn", images, 10)

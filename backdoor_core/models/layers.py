@@ -6,6 +6,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from backdoor_core.errors import InputError
 from backdoor_core.models.conv import conv_fn
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), which the papers' code uses.
@@ -31,13 +32,18 @@ def scaled(channels: int, width: float) -> int:
 class Normalize(nn.Module):
     """Per-channel (x - mean) / std: the dataset's normalisation as the model's first layer.
 
-    Input: float32 [N, H, W, C] pixels in [0, 1]. Constants, not parameters.
+    Input: float32 [N, H, W, C] pixels in [0, 1]. Constants, not parameters. Images with another
+    channel count than the model's C are refused (at trace time): a 1-channel image would
+    otherwise broadcast against a 3-channel mean and run silently.
     """
 
     mean: Sequence[float]
     std: Sequence[float]
 
     def __call__(self, x):
+        if x.ndim != 4 or x.shape[-1] != len(self.mean):
+            raise InputError(f"images of shape {tuple(x.shape)} given to a model that takes {len(self.mean)}-channel "
+                             f"[N, H, W, {len(self.mean)}] images")
         return (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
 
 
