@@ -59,7 +59,5 @@ for d in */; do
 done
 tar czf $OUT/logs.tgz logs
 cat $L/machine.txt $L/times.txt
-for f in */record.json; do  # run, status, backend, C-Acc, ASR
-  $PY -c "import json,sys; r=json.load(open(sys.argv[1])); m=r.get('metrics',{}); print(sys.argv[1].split('/')[0], r.get('status'), r.get('versions',{}).get('backend'), m.get('test_acc'), m.get('asr'))" "$f"
-done
+gpu_print_records */record.json
 ls -la $OUT

@@ -57,11 +57,11 @@ gpu_wait_with_budget() {
   kill $killer 2>/dev/null
 }
 
-# One line per record.json given: its cell name (the path's third part), status, backend,
+# One line per record.json given: its run directory's name, status, backend,
 # C-Acc and ASR.
 gpu_print_records() {
   for f in "$@"; do
     [ -f "$f" ] || continue  # an unmatched glob: nothing finished
-    $PY -c "import json,sys; r=json.load(open(sys.argv[1])); m=r.get('metrics',{}); print(sys.argv[1].split('/')[2], r.get('status'), r.get('versions',{}).get('backend'), m.get('test_acc'), m.get('asr'))" "$f"
+    $PY -c "import json,sys; r=json.load(open(sys.argv[1])); m=r.get('metrics',{}); print(sys.argv[1].split('/')[-2], r.get('status'), r.get('versions',{}).get('backend'), m.get('test_acc'), m.get('asr'))" "$f"
   done
 }
