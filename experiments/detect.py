@@ -13,7 +13,10 @@ predictions); `noise`, uniform random pixels (a data-free reference). The table 
 target class (argmax of the adversarial predictions), the concentration (share of flipped images
 that land in it), the normalised entropy, the flip rate, the verdict `concentration >=
 threshold`, the most predicted class of the unattacked images and its share (`input_top`: on noise or
-synthetic images a backdoor can show before any attack), and, for attack runs, the true target.
+synthetic images a backdoor can show before any attack), and, for attack runs, the true target
+(`y+1` for all-to-all) and `target_share`, the share of the flipped images that land on the
+backdoor's target for their prediction before the attack (all-to-one: the target's share; all-to-all:
+the share that goes from each class i to i + 1, which the suspected class cannot show).
 Ground truth is only printed, never used.
 Several `--eps` values give one row per run and budget (each model and its test set loaded once):
 the concentration of a backdoored model's adversarial examples can grow with the budget while a
@@ -40,7 +43,7 @@ from experiments.common import output_dir, table_path
 from experiments.table import markdown
 
 COLUMNS = ("run", "images", "eps", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
-           "backdoored_verdict", "input_top", "seconds")
+           "backdoored_verdict", "input_top", "target_share", "seconds")
 
 
 IMAGES = ("test", "synthetic", "noise")
@@ -76,8 +79,9 @@ def detect_run(run_dir: Path, configs: dict[float, object], mesh, images: str = 
     inputs = detection_images(run_dir, record, spec, variables, images, first.num_images, first.seed,
                               synthetic_steps, mesh)
     attack = record.get("attack") or {}
+    all_to_all = attack.get("mode", "all_to_one") == "all_to_all"
     ids = {"run": run_dir.name, "images": images, "kind": record.get("kind", "train"), "attack": attack.get("name", "-"),
-           "true_target": attack.get("target", "-") if attack.get("mode", "all_to_one") == "all_to_one" else "-"}
+           "true_target": ("y+1" if all_to_all else attack.get("target", "-")) if attack else "-"}
     rows = []
     for eps, config in configs.items():
         start = time.perf_counter()
@@ -86,8 +90,24 @@ def detect_run(run_dir: Path, configs: dict[float, object], mesh, images: str = 
                      "concentration": round(result.concentration, 4), "entropy": round(result.normalized_entropy, 4),
                      "flip_rate": round(result.flip_rate, 4), "seconds": round(time.perf_counter() - start, 1),
                      "counts": [int(c) for c in result.counts], "input_counts": [int(c) for c in result.input_counts],
-                     "input_top": input_top(result.input_counts)})
+                     "transitions": result.to_dict()["transitions"], "input_top": input_top(result.input_counts),
+                     "target_share": target_share(result.transitions, attack)})
     return rows
+
+
+def target_share(transitions: np.ndarray, attack: dict) -> float | str:
+    """Share of the flipped images [K, K] (`Detection.transitions`) that land on the backdoor's
+    target for their prediction before the attack, from an attack record's `attack` entry (mode,
+    target); '-' for a run without an attack or without flips. Ground truth: printed, never used."""
+    transitions = np.asarray(transitions)
+    total, num_classes = transitions.sum(), len(transitions)
+    if not attack or total == 0:
+        return "-"
+    from attacks.base import AttackConfig, poison_target
+
+    before = np.arange(num_classes)
+    hits = transitions[before, poison_target(before, AttackConfig.from_dict(attack), num_classes)].sum()
+    return round(float(hits / total), 4)
 
 
 def input_top(input_counts) -> str:

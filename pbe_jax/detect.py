@@ -70,6 +70,9 @@ class Detection:
         before the attack. On data-free inputs (noise, synthetic images) it says what the flips
         cannot: the matrix's Blended teacher sends all uniform noise to its target, which PGD then
         cannot flip (though a clean CIFAR-10 model also sends all of it to one class, frog).
+      transitions: int64 [K, K] the flipped images by (prediction before, prediction after the
+        attack); its column sums are `counts`. Where a backdoor maps each class to another
+        (all-to-all, y -> y + 1) the top share of the columns does not show it, the rows can.
     """
 
     counts: np.ndarray
@@ -79,10 +82,12 @@ class Detection:
     flip_rate: float
     num_images: int
     input_counts: np.ndarray
+    transitions: np.ndarray
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "counts": [int(c) for c in self.counts],
-                "input_counts": [int(c) for c in self.input_counts]}
+                "input_counts": [int(c) for c in self.input_counts],
+                "transitions": [[int(c) for c in row] for row in self.transitions]}
 
 
 def class_distribution_stats(counts: np.ndarray) -> tuple[int, float, float]:
@@ -113,7 +118,15 @@ def detect(module: nn.Module, variables: dict, images: np.ndarray, config: Detec
     adversarial = pgd_dataset(pgd_fn, images, labels, jax.random.PRNGKey(config.seed), batch_size=config.batch_size)
     adv_labels = predict(module, variables, adversarial, mesh=mesh)
     flipped = adv_labels != labels
-    counts = np.bincount(adv_labels[flipped], minlength=num_classes).astype(np.int64)
+    transitions = transition_counts(labels[flipped], adv_labels[flipped], num_classes)
+    counts = transitions.sum(0)
     target, concentration, entropy = class_distribution_stats(counts)
     return Detection(counts, target, concentration, entropy, float(flipped.mean()), len(images),
-                     np.bincount(labels, minlength=num_classes).astype(np.int64))
+                     np.bincount(labels, minlength=num_classes).astype(np.int64), transitions)
+
+
+def transition_counts(before: np.ndarray, after: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 [K, K]: entry (i, j) counts the images predicted i before and j after the attack
+    (before, after: int [N] class indices in [0, K))."""
+    return np.bincount(np.asarray(before) * num_classes + np.asarray(after),
+                       minlength=num_classes * num_classes).astype(np.int64).reshape(num_classes, num_classes)

@@ -50,6 +50,21 @@ def test_detect_cli_reports_one_row_per_run_and_errors_per_run(badnets_run, tmp_
     assert 0 <= good["suspected"] < 10 and sum(good["counts"]) > 0
     assert 0.0 < good["concentration"] <= 1.0 and 0.0 < good["flip_rate"] <= 1.0
     assert "badnets" in out.read_text()
+    # The flipped images by (class before, class after): its columns are the counts, nothing stays.
+    transitions = np.array(good["transitions"])
+    np.testing.assert_array_equal(transitions.sum(0), good["counts"])
+    assert np.trace(transitions) == 0 and (transitions.sum(1) <= good["input_counts"]).all()
+    assert good["target_share"] == round(good["counts"][0] / sum(good["counts"]), 4)  # all-to-one: target 0's share
+
+
+def test_target_share_follows_the_attack_mode():
+    # 3 classes, 10 flips: 5 go i -> i + 1 (0 -> 1 once, 1 -> 2 and 2 -> 0 twice each), 3 land on 0, 4 on 2.
+    transitions = np.array([[0, 1, 2], [1, 0, 2], [2, 2, 0]])
+    assert detect.target_share(transitions, {"name": "badnets", "mode": "all_to_all"}) == 0.5  # (1 + 2 + 2) / 10
+    assert detect.target_share(transitions, {"name": "badnets", "mode": "all_to_one", "target": 0}) == 0.3
+    assert detect.target_share(transitions, {"name": "badnets", "target": 2}) == 0.4
+    assert detect.target_share(transitions, {}) == "-"  # a clean run has no target
+    assert detect.target_share(np.zeros((3, 3), int), {"name": "badnets", "target": 0}) == "-"  # nothing flipped
 
 
 def test_detect_cli_gives_one_row_per_budget(badnets_run, tmp_path):
