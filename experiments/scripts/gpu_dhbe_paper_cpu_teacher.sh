@@ -18,6 +18,6 @@ R=$PWD/runs_gpu3; L=$R/logs; rm -rf $R; mkdir -p $L; cp -r .gpu/teachers/badnets
 C="--config experiments/configs/erase_dhbe.py:paper --config.dhbe.iterations=$ITERS --config.eval_every=$(( ITERS / 8 )) --config.checkpoint_every=$ITERS"
 $PY -c "from backdoor_core.data import load_dataset; load_dataset('../shared/data/cifar10.tar.gz')" > $L/data.log 2>&1
 for d in dhbe dfad; do gpu_run ${d}_paper $PY -m experiments.erase --defense $d --run $R/badnets $C --out $R/badnets-${d}_paper$ITERS & done
-gpu_wait_with_budget $BUDGET "experiments\\.erase" $L/times.txt
+gpu_wait_with_budget $BUDGET "experiments\\.erase .*$R/" $L/times.txt  # only this script's runs
 cd $R && tar czf $OUT/dhbe_paper.tgz --exclude=checkpoints --exclude=model logs $(ls -d badnets-* 2>/dev/null)
 cat $L/times.txt; for f in badnets-*/history.jsonl; do echo $f; grep test_acc $f | tail -3; done; tail -n 2 $L/*.log

@@ -64,7 +64,7 @@ FIX="--config.dhbe.student_bn_train=False --config.dhbe.generator_warmup=200 --c
 gpu_run dhbe_badnets $E --defense dhbe --run $R/badnets $C --out $R/badnets-dhbe_paper$ITERS &
 gpu_run dhbe_blended $E --defense dhbe --run $R/blended $C $FIX --out $R/blended-dhbe_paperfix$ITERS &
 gpu_run dfad_blended $E --defense dfad --run $R/blended $C $FIX --out $R/blended-dfad_paperfix$ITERS &
-gpu_wait_with_budget $BUDGET "experiments\\.(attack|erase)" $L/times.txt
+gpu_wait_with_budget $BUDGET "experiments\\.(attack|erase) .*$R/" $L/times.txt  # only this script's runs
 cd $R && tar czf $OUT/runs.tgz --exclude=checkpoints --exclude='*-*/model' logs iad $(ls -d *-* 2>/dev/null)
 cat $L/times.txt
 for f in */history.jsonl; do echo "$f: $(grep -c . $f) rows; last: $(tail -n 1 $f | cut -c 1-300)"; done
