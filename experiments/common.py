@@ -137,6 +137,15 @@ def _exit_unknown_setting(error: BaseException, argv, default: str | None):
     sys.exit(2)
 
 
+def attack_label(attack: dict, missing: str = "-") -> str:
+    """A run record's `attack` entry as a table cell: its name, with " (all-to-all)" for that mode
+    (an all-to-all run is otherwise indistinguishable from an all-to-one one); `missing` without one."""
+    if not attack:
+        return missing
+    name = attack.get("name", missing)
+    return f"{name} (all-to-all)" if attack.get("mode") == "all_to_all" else name
+
+
 def table_path(path: str | None, flag: str = "--out") -> Path | None:
     """The file a table command writes (`~` expanded), or None; InputError if it is a folder,
     checked before any work (writing it used to fail with IsADirectoryError at the end)."""

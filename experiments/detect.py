@@ -39,7 +39,7 @@ from backdoor_core.data import load_dataset
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import make_mesh
 from dhbe_jax.synthesize import SYNTHESIS_STEPS, synthesize
-from experiments.common import output_dir, table_path
+from experiments.common import attack_label, output_dir, table_path
 from experiments.table import markdown
 
 COLUMNS = ("run", "images", "eps", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
@@ -80,7 +80,7 @@ def detect_run(run_dir: Path, configs: dict[float, object], mesh, images: str = 
                               synthetic_steps, mesh)
     attack = record.get("attack") or {}
     all_to_all = attack.get("mode", "all_to_one") == "all_to_all"
-    ids = {"run": run_dir.name, "images": images, "kind": record.get("kind", "train"), "attack": attack.get("name", "-"),
+    ids = {"run": run_dir.name, "images": images, "kind": record.get("kind", "train"), "attack": attack_label(attack),
            "true_target": ("y+1" if all_to_all else attack.get("target", "-")) if attack else "-"}
     rows = []
     for eps, config in configs.items():

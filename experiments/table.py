@@ -20,7 +20,7 @@ from pathlib import Path
 
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
-from experiments.common import table_path
+from experiments.common import attack_label, table_path
 
 MODEL_COLUMNS = ("run", "dataset", "model", "attack", "poisoned", "epochs", "C-Acc", "ASR", "ASR*", "RA", "wall")
 DEFENSE_COLUMNS = ("run", "attack", "defense", "teacher C-Acc", "teacher ASR", "C-Acc", "ASR", "ASR*", "RA", "DER",
@@ -67,7 +67,7 @@ def run_row(run_dir: Path) -> tuple[str, dict]:
     attack = record.get("attack") or {}
     if record.get("kind") == "defense":
         teacher = record.get("teacher_metrics", {})
-        return "defense", {"run": run_dir.name, "attack": attack.get("name", "-"), "defense": record.get("defense"),
+        return "defense", {"run": run_dir.name, "attack": attack_label(attack), "defense": record.get("defense"),
                            "teacher C-Acc": pct(teacher.get("test_acc")), "teacher ASR": pct(teacher.get("asr")),
                            "C-Acc": pct(metrics.get("test_acc")), "ASR": pct(metrics.get("asr")),
                            "ASR*": pct(metrics.get("asr_strict")), "RA": pct(metrics.get("ra")),
@@ -75,7 +75,7 @@ def run_row(run_dir: Path) -> tuple[str, dict]:
                            "wall": wall_time(history)}
     epochs = max((r.get("epoch", 0) for r in history), default=0)
     return "model", {"run": run_dir.name, "dataset": record.get("dataset", "?"), "model": model_name(record),
-                     "attack": attack.get("name", "none"), "poisoned": attack.get("num_poisoned", "-"),
+                     "attack": attack_label(attack, "none"), "poisoned": attack.get("num_poisoned", "-"),
                      "epochs": epochs, "C-Acc": pct(metrics.get("test_acc")), "ASR": pct(metrics.get("asr")),
                      "ASR*": pct(metrics.get("asr_strict")), "RA": pct(metrics.get("ra")), "wall": wall_time(history)}
 

@@ -33,6 +33,15 @@ def test_table_without_a_finished_run_is_one_error_and_writes_nothing(tmp_path, 
     assert not out.exists()
 
 
+def test_attack_cells_tell_all_to_all_from_all_to_one():
+    from experiments.common import attack_label
+
+    assert attack_label({"name": "badnets", "mode": "all_to_all", "target": 0}) == "badnets (all-to-all)"
+    assert attack_label({"name": "badnets", "mode": "all_to_one", "target": 0}) == "badnets"
+    assert attack_label({"name": "blended"}) == "blended"  # records from before `mode` existed
+    assert attack_label({}) == "-" and attack_label(None, "none") == "none"  # a clean training run
+
+
 def test_wall_time_prefers_epoch_times_then_elapsed():
     assert table.wall_time([{"epoch_time_s": 60}, {"epoch_time_s": 30}]) == "1.5 min"
     assert table.wall_time([{"elapsed_s": 30}, {"elapsed_s": 120}]) == "2.0 min"
