@@ -45,10 +45,19 @@ def select_clean_subset(scores: np.ndarray, fraction: float) -> np.ndarray:
     return np.sort(order[:count]).astype(np.int64)
 
 
+# PBE's start is drawn from its own stream, seeded by (START_STREAM, seed). Seeded by `seed` alone
+# (before 2026-12-06) it was the attack's stream: `attacks.poison.select_poison_indices` draws an
+# all-to-all attack's indices with default_rng(seed).choice over every image, so at equal seeds (both
+# default 0) the random 5% start was the first half of the poisoned set (on CIFAR-10 all-to-all
+# BadNets: 2,500 of 2,500 poisoned; all-to-one draws from the non-target images and did not collide).
+START_STREAM = 0x9BE  # any constant other than a seed; names PBE's start
+
+
 def random_subset(num_images: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted int64 indices of a uniformly random `fraction` of range(num_images) (PBE's start)."""
+    """Sorted int64 indices of a uniformly random `fraction` of range(num_images) (PBE's start),
+    drawn from the stream (START_STREAM, seed), independent of the attack's seeded draws."""
     count = _checked_size(num_images, fraction, "initial subset")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([START_STREAM, seed])
     return np.sort(rng.choice(num_images, count, replace=False)).astype(np.int64)
 
 

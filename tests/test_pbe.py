@@ -58,6 +58,22 @@ def backdoored(data, blended_run):
     return build_model(spec), blended_run.fit.variables, blended_run.poisoned_indices, blended_run.fit.history[-1]
 
 
+@pytest.mark.parametrize("mode", ["all_to_all", "all_to_one"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_random_start_is_independent_of_the_attacks_draw(mode, seed):
+    # PBE's defender draws its 5% start at random; at the attack's seed it must not draw the attack's
+    # poisoned images. Seeded alike, the all-to-all start was the first half of the poisoned set
+    # (share 1.0 instead of ~0.1, on CIFAR-10 and here).
+    from attacks.poison import select_poison_indices
+    from pbe_jax.selection import random_subset
+
+    labels = np.arange(50_000) % 10
+    poisoned = select_poison_indices(labels, AttackConfig("badnets", mode=mode, poison_ratio=0.1, seed=seed),
+                                     clean_label=False)
+    start = random_subset(len(labels), 0.05, seed)
+    assert len(start) == 2500 and abs(np.isin(start, poisoned).mean() - 0.1) < 0.02
+
+
 def test_selection_ranks_a_constructed_case():
     z0 = np.array([[3.0, 0, 0], [0, 2, 0], [0, 0, 1], [1, 1, 0], [2, 0, 0], [0, 5, 0]])
     zt = np.array([[6.0, 0, 0], [0, 2, 0.1], [0, 0, -1], [1, -1, 0], [0, 2, 0], [0, 4, 1]])
