@@ -90,7 +90,7 @@ def detect_run(run_dir: Path, configs: dict[float, object], mesh, images: str = 
                      "concentration": round(result.concentration, 4), "entropy": round(result.normalized_entropy, 4),
                      "flip_rate": round(result.flip_rate, 4), "seconds": round(time.perf_counter() - start, 1),
                      "counts": [int(c) for c in result.counts], "input_counts": [int(c) for c in result.input_counts],
-                     "transitions": result.to_dict()["transitions"], "input_top": input_top(result.input_counts),
+                     "transitions": result.transitions.tolist(), "input_top": input_top(result.input_counts),
                      "target_share": target_share(result.transitions, attack)})
     return rows
 

@@ -87,7 +87,7 @@ class Detection:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "counts": [int(c) for c in self.counts],
                 "input_counts": [int(c) for c in self.input_counts],
-                "transitions": [[int(c) for c in row] for row in self.transitions]}
+                "transitions": self.transitions.tolist()}
 
 
 def class_distribution_stats(counts: np.ndarray) -> tuple[int, float, float]:

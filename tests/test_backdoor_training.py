@@ -95,8 +95,8 @@ def test_all_to_all_badnets_sends_each_class_to_the_next(mnist_subset, mesh1, tm
     clean_preds = predict(module, variables, test.images, mesh=mesh1)
     assert np.mean(clean_preds == test.labels) > 0.85  # the clean digits keep their own labels
     # Detection's transitions show the mapping: untargeted adversarial digits of class i go to
-    # i + 1 far above the 1/9 of a uniform spread (measured 0.30 on 500 digits; 0.08 for the same
-    # recipe all-to-one, whose flips pile elsewhere).
+    # i + 1 far above the 1/9 of a uniform spread (measured 0.30 on these 300 digits; 0.08 on 500 for
+    # the same recipe all-to-one, whose flips go elsewhere).
     found = detect(module, variables, test.images, DetectConfig(PGDConfig(eps=0.2, alpha=0.04, steps=7), num_images=300),
                    mesh=mesh1)
     classes = np.arange(10)
