@@ -4,7 +4,13 @@ teachers, each erased by every defense, evaluated, tabulated and plotted.
   python -m experiments.run --config experiments/configs/matrix_quickstart.py [--config.out=DIR]
   python -m experiments.run --config experiments/configs/matrix_cifar10_cpu.py --config.defenses="('dhbe','clp')"
 
-Layout under `out`: teachers/<dataset>-<model>-<attack>-s<seed>/ (attack runs; a clean model
+An `attacks` entry is an attack's name (all-to-one) or NAME:MODE, e.g. 'badnets:all_to_all' (dirty-label
+attacks only), so that both modes of an attack can sit in one matrix; the tables label such a row
+`badnets (all-to-all)`. `attack_overrides` keyed by the attack's name apply in both modes, then any
+keyed by the cell's attack part ('badnets-all_to_all').
+
+Layout under `out`: teachers/<dataset>-<model>-<attack>-s<seed>/ (attack runs; <attack> is
+NAME-MODE for a mode other than all-to-one; a clean model
 <dataset>-<model>-clean-s<seed> where TrojanNN, LC or LF need one), defenses/<teacher>-<defense>/,
 cells.jsonl (one line per cell run: status, seconds, error), results.csv, results.md (with several
 seeds also results_seeds.md/.csv: mean +- std over seeds per attack and defense) and plots/:
@@ -61,14 +67,15 @@ import ml_collections
 from absl import app
 from tqdm import tqdm
 
-from attacks.registry import get_attack
 from attacks.backdoor import POISONED_INDICES
+from attacks.base import MODES
+from attacks.registry import get_attack
 from attacks.triggers import TRIGGER_JSON, TRIGGER_NPZ
 from backdoor_core import rundir
 from backdoor_core.errors import InputError, is_seed
 from backdoor_core.interrupt import stop_requested
 from experiments.cell_lock import lock_path, try_lock, unlock
-from experiments.common import define_config_flag, output_dir, parse_flags, run_cli
+from experiments.common import attack_label, define_config_flag, output_dir, parse_flags, run_cli
 from experiments.defenses import config_module
 from experiments.plots import plot_before_after, plot_curves, plot_trigger_gallery
 from experiments.summary import grid_markdown, time_grid_markdown, write_summary
@@ -135,8 +142,30 @@ def seed_defense(cfg: ml_collections.ConfigDict, seed: int) -> ml_collections.Co
     return cfg
 
 
+def attack_entry(entry) -> tuple[str, str]:
+    """(attack name, mode) of a matrix `attacks` entry: 'NAME' (all-to-one) or 'NAME:MODE' with
+    MODE one of `attacks.base.MODES` (e.g. 'badnets:all_to_all'); InputError for anything else."""
+    if not isinstance(entry, str) or not entry.partition(":")[0]:
+        raise InputError(f"matrix config: attacks entry {entry!r}; expected an attack name, optionally with "
+                         f"':MODE' (e.g. 'badnets:all_to_all')")
+    name, sep, mode = entry.partition(":")
+    mode = mode if sep else "all_to_one"
+    if mode not in MODES:
+        raise InputError(f"matrix config: attacks entry {entry!r}: mode {mode!r}; expected NAME or NAME:MODE "
+                         f"with MODE one of {', '.join(MODES)}")
+    return name, mode
+
+
+def cell_attack(entry) -> str:
+    """The attack's part of a teacher cell's name: the attack's name for all-to-one, NAME-MODE
+    otherwise ('badnets-all_to_all'), so that both modes of one attack have their own cells."""
+    name, mode = attack_entry(entry)
+    return name if mode == "all_to_one" else f"{name}-{mode}"
+
+
 def teacher_name(dataset: str, model: str, attack: str, seed: int) -> str:
-    return f"{dataset}-{model}-{attack}-s{seed}"
+    """A teacher cell's folder name; `attack` is a matrix `attacks` entry (or 'clean')."""
+    return f"{dataset}-{model}-{cell_attack(attack)}-s{seed}"
 
 
 def settings_only(config: dict) -> dict:
@@ -407,20 +436,27 @@ class Matrix:
         return 0.0, True
 
     def teacher_config(self, dataset: str, model: str, width: float, attack: str, seed: int, clean_run: str | None):
+        """The experiments.attack config of a teacher cell; `attack` is a matrix `attacks` entry
+        (`attack_entry`). The matrix's `attack_overrides` for the attack's name apply in either mode,
+        then those for the cell's name ('badnets-all_to_all'), if any."""
+        name, mode = attack_entry(attack)
         spec = self.cfg.datasets[dataset]
         cfg = load_config(spec.attack_config)
-        cfg.dataset, cfg.model, cfg.width, cfg.attack, cfg.seed = spec.source, model, width, attack, seed
+        cfg.dataset, cfg.model, cfg.width, cfg.attack, cfg.mode, cfg.seed = spec.source, model, width, name, mode, seed
         cfg.train.seed = seed
         cfg.clean_run = clean_run
         apply_overrides(cfg, spec.get("overrides"))
-        apply_overrides(cfg, self.cfg.attack_overrides.get(attack))
+        apply_overrides(cfg, self.cfg.attack_overrides.get(name))
+        if cell_attack(attack) != name:
+            apply_overrides(cfg, self.cfg.attack_overrides.get(cell_attack(attack)))
         return cfg
 
     def teacher_defaults(self, dataset: str, attack: str) -> dict | None:
-        """What a teacher's record `config` holds for `attack` under the dataset's attack config
-        file left at its defaults (no matrix overrides): the `defaults` of the stale check."""
+        """What a teacher's record `config` holds for `attack` (a matrix `attacks` entry) under the
+        dataset's attack config file left at its defaults (no matrix overrides): the `defaults` of
+        the stale check."""
         cfg = load_config(self.cfg.datasets[dataset].attack_config)
-        cfg.attack = attack
+        cfg.attack, cfg.mode = attack_entry(attack)
         try:
             return teacher_settings(cfg)
         except InputError:
@@ -442,7 +478,9 @@ class Matrix:
         bar = tqdm(total=len(plan) * (1 + len(self.cfg.defenses)), desc="matrix cells", position=0)
         for dataset, model, width, attack, seed in plan:
             teacher_dir = self.out / "teachers" / teacher_name(dataset, model, attack, seed)
-            ids = {"dataset": dataset, "model": f"{model} x{width:g}", "seed": seed, "attack": attack}
+            name, mode = attack_entry(attack)
+            ids = {"dataset": dataset, "model": f"{model} x{width:g}", "seed": seed,
+                   "attack": attack_label({"name": name, "mode": mode})}
             # Each defense cell's directory, config and recorded settings (or a bad override's InputError).
             defense_cells = []
             for defense in self.cfg.defenses:
@@ -472,7 +510,7 @@ class Matrix:
                 expected_teacher = teacher_settings(tcfg)
             except InputError as e:
                 tcfg, expected_teacher = e, None
-            if get_attack(attack).needs_clean_model:
+            if get_attack(name).needs_clean_model:
                 clean_dir = self.out / "teachers" / teacher_name(dataset, model, "clean", seed)
                 # The teachers' config (same recipe and overrides); train_clean reads only the
                 # dataset, model, width, train, num_devices, stop_after_steps and out fields.
@@ -625,8 +663,11 @@ def run_matrix(cfg) -> list[dict]:
     for defense in cfg.defenses:
         if defense not in DEFENSES:
             raise InputError(f"matrix config: unknown defense {defense!r}; expected one of {', '.join(DEFENSES)}")
-    for attack in cfg.attacks:
-        get_attack(attack)
+    for entry in cfg.attacks:
+        name, mode = attack_entry(entry)
+        if get_attack(name).clean_label and mode != "all_to_one":
+            raise InputError(f"matrix config: attacks entry {entry!r}: {name} is clean-label; it supports only "
+                             "mode 'all_to_one'")
     for defense in cfg.defenses:
         defense_config(cfg, defense)  # unknown variants and overrides fail here, before any output
     cfg.models = model_entries(cfg.models)

@@ -276,6 +276,15 @@ def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
         with pytest.raises(InputError, match=message):
             run_matrix(tiny_matrix)
     tiny_matrix.models = models
+    attacks = tiny_matrix.attacks
+    for entry, message in [("badnets:sideways", "mode 'sideways'; expected NAME or NAME:MODE with MODE one of"),
+                           (":all_to_all", "expected an attack name, optionally with ':MODE'"),
+                           ("sig:all_to_all", "sig is clean-label; it supports only mode 'all_to_one'"),
+                           ("nope:all_to_all", "nope")]:
+        tiny_matrix.attacks = ("badnets", entry)
+        with pytest.raises(InputError, match=message):
+            run_matrix(tiny_matrix)
+    tiny_matrix.attacks = attacks
     variant = tiny_matrix.variant
     tiny_matrix.variant = "foo"
     with pytest.raises(InputError, match="defense clp: unknown CLP config variant 'foo'"):
@@ -291,6 +300,33 @@ def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     with pytest.raises(InputError, match="is a file; expected a folder"):
         run_matrix(tiny_matrix)
     assert not (tmp_path / "matrix").exists()
+
+
+def test_an_all_to_all_row_sits_beside_the_all_to_one_row_of_its_attack(tiny_matrix, tmp_path):
+    # Before 'NAME:MODE' entries a matrix could not hold both: cells were named by the attack alone.
+    from backdoor_core.rundir import read_record
+
+    tiny_matrix.attacks = ("badnets", "badnets:all_to_all")
+    tiny_matrix.defenses = ("clp",)
+    tiny_matrix.attack_overrides = ml_collections.ConfigDict({"badnets-all_to_all": dict(poison_ratio=0.3)})
+    rows = run_matrix(tiny_matrix)
+    assert [(r["attack"], r["defense"], r["status"]) for r in rows] == [
+        ("badnets", "none", "complete"), ("badnets", "clp", "complete"),
+        ("badnets (all-to-all)", "none", "complete"), ("badnets (all-to-all)", "clp", "complete")]
+    teachers = tmp_path / "matrix" / "teachers"
+    one, every = teachers / "digits-small_cnn-badnets-s0", teachers / "digits-small_cnn-badnets-all_to_all-s0"
+    assert sorted(p.name for p in teachers.iterdir()) == sorted([one.name, every.name])
+    assert (tmp_path / "matrix" / "defenses" / f"{every.name}-clp").is_dir()
+    assert [read_record(d)["attack"]["mode"] for d in (one, every)] == ["all_to_one", "all_to_all"]
+    assert [read_record(d)["attack"]["poison_ratio"] for d in (one, every)] == [0.1, 0.3]  # the cell's own override
+    # the all-to-all teacher's poisoned images come from every class, the all-to-one's from all but the target
+    train_labels = np.load(tmp_path / "digits.npz")["y_train"]
+    poisoned = {d: np.load(d / "poisoned_indices.npy") for d in (one, every)}
+    assert 0 not in set(train_labels[poisoned[one]]) and 0 in set(train_labels[poisoned[every]])
+    md = (tmp_path / "matrix" / "results.md").read_text()
+    assert "| digits | small_cnn x0.5 | 0 | badnets (all-to-all) |" in md
+    again = run_matrix(tiny_matrix)  # both rows' cells are reused, none mistaken for the other
+    assert [r["C-Acc"] for r in again] == [r["C-Acc"] for r in rows] and len(read_cells(tmp_path / "matrix")) == 4
 
 
 def test_a_teachers_only_matrix_trains_teachers_that_another_machine_reuses(tiny_matrix, tmp_path):
