@@ -1,5 +1,7 @@
 """Dataset loading from .npz, image folders and archives; validation errors; batching."""
 
+import os
+import shutil
 import tarfile
 
 import numpy as np
@@ -69,6 +71,28 @@ def test_archive_is_extracted_and_cached(tmp_path, monkeypatch):
     second = load_split(str(archive), "train")
     np.testing.assert_array_equal(second.images, first.images)
     assert second.class_names == first.class_names
+
+
+def test_an_archive_copied_afresh_hits_the_cache_and_a_changed_one_does_not(tmp_path, monkeypatch):
+    # The cache was keyed by path and mtime: a machine whose shared data is copied again for
+    # every session decoded CIFAR-10 again each time and kept every copy (0.4 GB a session).
+    monkeypatch.setenv("BACKDOOR_CACHE", str(tmp_path / "cache"))
+    written = make_folder(tmp_path / "src" / "pets")
+    archive = make_archive(tmp_path)
+    load_split(str(archive), "train")
+    fresh = tmp_path / "elsewhere" / "pets.tar.gz"
+    fresh.parent.mkdir()
+    shutil.copyfile(archive, fresh)  # a new file: another path, another mtime, the same bytes
+    os.utime(fresh, ns=(1, 1))
+    decoded = []
+    real = data._read_image_folder
+    monkeypatch.setattr(data, "_read_image_folder", lambda d: decoded.append(d) or real(d))
+    np.testing.assert_array_equal(load_split(str(fresh), "train").images, written["train"][0])
+    assert decoded == [] and len(list((tmp_path / "cache" / "arrays").iterdir())) == 1
+    with tarfile.open(fresh, "w:gz") as tar:  # other content under the same name
+        tar.add(tmp_path / "src" / "pets" / "test", arcname="pets/train")
+    np.testing.assert_array_equal(load_split(str(fresh), "train").images, written["test"][0])
+    assert len(decoded) == 1
 
 
 @pytest.mark.parametrize("source,message", [
