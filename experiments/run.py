@@ -449,6 +449,9 @@ class Matrix:
         apply_overrides(cfg, self.cfg.attack_overrides.get(name))
         if cell_attack(attack) != name:
             apply_overrides(cfg, self.cfg.attack_overrides.get(cell_attack(attack)))
+        if cfg.mode != mode:  # the cell's name and table label say `mode`
+            raise InputError(f"matrix config: an override sets the mode of attack {attack!r} to {cfg.mode!r}; "
+                             f"give the mode in the attacks entry instead ('{name}:{cfg.mode}')")
         return cfg
 
     def teacher_defaults(self, dataset: str, attack: str) -> dict | None:

@@ -327,6 +327,11 @@ def test_an_all_to_all_row_sits_beside_the_all_to_one_row_of_its_attack(tiny_mat
     assert "| digits | small_cnn x0.5 | 0 | badnets (all-to-all) |" in md
     again = run_matrix(tiny_matrix)  # both rows' cells are reused, none mistaken for the other
     assert [r["C-Acc"] for r in again] == [r["C-Acc"] for r in rows] and len(read_cells(tmp_path / "matrix")) == 4
+    # a mode set by an override would run under a name and label that say otherwise
+    tiny_matrix.attacks = ("badnets",)
+    tiny_matrix.attack_overrides = ml_collections.ConfigDict({"badnets": dict(mode="all_to_all")})
+    rows = run_matrix(tiny_matrix)
+    assert rows[0]["status"] == "failed" and "give the mode in the attacks entry instead ('badnets:all_to_all')" in rows[0]["error"]
 
 
 def test_a_teachers_only_matrix_trains_teachers_that_another_machine_reuses(tiny_matrix, tmp_path):
