@@ -5,7 +5,9 @@ at width 1/4, each defense's `cpu` variant.
 
 Teachers: experiments/configs/attack_cifar10.py (15 epochs, 10% poisoning, target 0; about 70 min
 each on a 2-core CPU); defenses about an hour each (CLP: seconds). Many sessions: the matrix
-resumes where it stopped.
+resumes where it stopped. An all-to-all row beside the all-to-one ones (dirty-label attacks):
+"--config.attacks=('badnets','badnets:all_to_all')" (docs/results_cifar10.md, "All-to-all BadNets",
+ran the same cells as plain commands).
 """
 
 import ml_collections
