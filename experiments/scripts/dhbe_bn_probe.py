@@ -75,5 +75,6 @@ def main() -> None:
             cells.append(f"{100 * m['test_acc']:.1f} / {100 * m['asr']:.1f}")
         print(f"| {run.name} | {cells[0]} | {cells[1]} |", flush=True)
 
+
 if __name__ == "__main__":
     main()
