@@ -4,7 +4,9 @@
   1. look the attack up, parse and check its parameters against the data (`prepare_attack`);
   2. build the trigger (or reload it when resuming an unfinished run);
   3. poison: statically (`Attack.poison`), on the fly (`Attack.batch_transform` passed to
-     `fit`), or hand everything to the attack's own training (`Attack.train_backdoored`);
+     `fit`; with `AttackConfig.poisoning = "per_batch"`, `attacks.poison.per_batch_transform` of
+     the attack's fixed trigger), or hand everything to the attack's own training
+     (`Attack.train_backdoored`);
   4. train with `backdoor_core.fit.fit`, evaluating C-Acc (test_acc), ASR, ASR* (asr_strict)
      and RA (DESIGN.md's conventions) after every epoch;
   5. write trigger.npz/trigger.json, poisoned_indices.npy (ground truth, never for defenses)
@@ -21,7 +23,7 @@ import jax
 import numpy as np
 
 from attacks.base import Attack, AttackConfig, BackdoorJob, TrainedModel
-from attacks.poison import TriggeredTest, triggered_test_set
+from attacks.poison import TriggeredTest, per_batch_transform, triggered_test_set
 from attacks.registry import get_attack
 from attacks.triggers import TRIGGER_JSON, Trigger, load_trigger, save_trigger
 from backdoor_core import rundir
@@ -74,11 +76,20 @@ def backdoor_eval_fn(module, test: Split, config: AttackConfig, trigger: Trigger
     return lambda variables: backdoor_metrics(module, variables, test, triggered, mesh)
 
 
+def poisoning_kind(attack: Attack, config: AttackConfig) -> str:
+    """How a run of `attack` under `config` poisons, as record.json['attack']['poisoning'] says it:
+    'custom' (its own training, IAD), 'on_the_fly' (WaNet), 'per_batch' or 'static'."""
+    if attack.custom_training:
+        return "custom"
+    if attack.on_the_fly:
+        return "on_the_fly"
+    return "per_batch" if config.poisoning == "per_batch" else "static"
+
+
 def attack_record(config: AttackConfig, attack: Attack, params) -> dict:
     """The JSON description of an attack for record.json['attack']."""
-    poisoning = "custom" if attack.custom_training else "on_the_fly" if attack.on_the_fly else "static"
     return {**config.to_dict(), "params": dataclasses.asdict(params), "clean_label": attack.clean_label,
-            "poisoning": poisoning}
+            "poisoning": poisoning_kind(attack, config)}
 
 
 def _initial_trigger(attack: Attack, config: AttackConfig, params, train: Split, run_dir: Path,
@@ -125,6 +136,8 @@ def train_backdoor(config: AttackConfig, model: str, width: float, train: Split,
         transform, poisoned = None, train
         if attack.on_the_fly:
             transform = attack.batch_transform(config, params, trigger, train.num_classes)
+        elif config.poisoning == "per_batch":
+            transform = per_batch_transform(config, trigger, train.num_classes)
         else:
             poisoned, indices = attack.poison(train, config, trigger, params=params, clean_model=clean_model, mesh=mesh)
             record["attack"] = {**description, "num_poisoned": len(indices)}

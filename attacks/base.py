@@ -31,6 +31,14 @@ from backdoor_core.errors import InputError, is_seed
 
 MODES = ("all_to_one", "all_to_all")
 RATIO_OF = ("dataset", "target_class")
+# "default": the attack's own poisoning - for most attacks a fixed poisoned training set, triggered
+# before augmentation, so crop and flip move the trigger with the image (BackdoorBench); WaNet
+# poisons every batch, IAD trains its own way. "per_batch" (dirty-label attacks with a fixed
+# trigger): the first round-half-up(poison_ratio * B) images of every augmented batch are
+# triggered and relabelled in the training step, so the trigger sits exactly where the attack
+# puts it (how the official PBE code trains its BadNets and Blend teachers: train_patch.py,
+# train_blend.py).
+POISONING = ("default", "per_batch")
 
 BatchTransform = Callable[[Any, Any, Any], tuple[Any, Any]]
 
@@ -49,6 +57,10 @@ class AttackConfig:
         convention). The count is round-half-up(poison_ratio * that number of images).
       seed: seeds the trigger (random patterns, warping fields) and which images are poisoned.
       params: attack-specific settings, overriding the defaults of the attack's `params_type`.
+      poisoning: "default" (the attack's own: for most a fixed poisoned training set, triggered
+        before augmentation) or "per_batch" (dirty-label attacks with a fixed trigger: a share of
+        every augmented batch triggered in the training step, as the official PBE code trains its
+        teachers); see POISONING.
     """
 
     name: str = "badnets"
@@ -58,6 +70,7 @@ class AttackConfig:
     ratio_of: str = "dataset"
     seed: int = 0
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    poisoning: str = "default"
 
     def validate(self, num_classes: int | None = None) -> "AttackConfig":
         """Returns self, or raises InputError naming the first bad setting."""
@@ -65,8 +78,13 @@ class AttackConfig:
             raise InputError(f"attack mode {self.mode!r}; expected one of {MODES}")
         if self.ratio_of not in RATIO_OF:
             raise InputError(f"attack ratio_of {self.ratio_of!r}; expected one of {RATIO_OF}")
+        if self.poisoning not in POISONING:
+            raise InputError(f"attack poisoning {self.poisoning!r}; expected one of {POISONING}")
         if not is_seed(self.seed):
             raise InputError(f"attack seed = {self.seed!r}; expected a non-negative integer")
+        if self.poisoning == "per_batch" and self.ratio_of != "dataset":
+            raise InputError(f"attack poisoning 'per_batch' triggers poison_ratio of every batch; "
+                             f"ratio_of {self.ratio_of!r} has no meaning there: expected ratio_of 'dataset'")
         if not 0 < self.poison_ratio <= 1:
             raise InputError(f"poison_ratio = {self.poison_ratio}; expected a fraction in (0, 1]")
         if num_classes is not None and not 0 <= self.target < num_classes:
@@ -79,8 +97,14 @@ class AttackConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AttackConfig":
+        """The config of a dict such as record.json['attack'], whose 'poisoning' says how the run
+        poisoned ('static', 'on_the_fly', 'custom' or 'per_batch'; `attacks.backdoor.poisoning_kind`):
+        every value but 'per_batch' was the attack's default."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        values = {k: v for k, v in d.items() if k in known}
+        if "poisoning" in values and values["poisoning"] not in POISONING:
+            values["poisoning"] = "default"
+        return cls(**values)
 
 
 def poison_target(labels: np.ndarray, config: AttackConfig, num_classes: int) -> np.ndarray:
@@ -172,6 +196,11 @@ class Attack:
         config.validate(num_classes)
         if self.clean_label and config.mode != "all_to_one":
             raise InputError(f"attack {self.name} is clean-label: it supports only mode 'all_to_one'")
+        if config.poisoning == "per_batch" and (self.clean_label or self.on_the_fly or self.custom_training):
+            kind = ("clean-label (it poisons target-class images only)" if self.clean_label
+                    else "trained its own way" if self.custom_training else "already poisoned per batch")
+            raise InputError(f"attack {self.name} is {kind}; poisoning 'per_batch' is for dirty-label attacks "
+                             "with a fixed trigger: expected poisoning 'default'")
 
     def trigger_drawn_from_key(self, params) -> bool:
         """Whether build_trigger draws the trigger from its key (WaNet's grid, Blended's noise), so

@@ -1,4 +1,4 @@
-"""Static poisoning of a training split and the triggered test set for ASR.
+"""Static poisoning of a training split, per-batch poisoning, and the triggered test set for ASR.
 
 Poisoning (pure in (split, config, trigger, seed)):
   1. candidates: dirty-label attacks take the images whose label is not the target (all-to-one)
@@ -9,6 +9,12 @@ Poisoning (pure in (split, config, trigger, seed)):
   4. trigger them (float, clipped, rounded back to uint8) and, for dirty-label attacks, relabel
      them with their target (config.target, or (y + 1) mod C for all-to-all).
 The poisoned indices are returned as ground truth for experiments; a defense never sees them.
+
+Per-batch poisoning (`AttackConfig.poisoning = "per_batch"`, `per_batch_transform`): in the
+training step, after augmentation, the first round-half-up(poison_ratio * B) images of every
+batch of B are triggered and relabelled with their targets (batches are shuffled, so which images
+these are is random). The official PBE code trains its BadNets and Blend teachers this way
+(flooring the count: 12 of 128 where this rounds to 13, as WaNet's does).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from attacks.base import AttackConfig, poison_target
@@ -67,6 +74,27 @@ def poison_split(split: Split, config: AttackConfig, trigger: Trigger, *, clean_
     if not clean_label:
         labels[indices] = poison_target(split.labels[indices], config, split.num_classes)
     return dataclasses.replace(split, images=images, labels=labels), indices
+
+
+def per_batch_count(batch_size: int, poison_ratio: float) -> int:
+    """Images triggered in a batch of `batch_size`: round-half-up(poison_ratio * batch_size), at most all."""
+    return min(int(np.floor(poison_ratio * batch_size + 0.5)), batch_size)
+
+
+def per_batch_transform(config: AttackConfig, trigger: Trigger, num_classes: int):
+    """A jittable (key, images float [B,H,W,C] in [0, 1], labels int [B]) -> (images, labels) that
+    triggers the first `per_batch_count(B, config.poison_ratio)` images (trigger keyed by `key`)
+    and gives them their targets (config.target, or (y + 1) mod C for all-to-all); the rest pass
+    unchanged. The images stay float (not rounded to uint8, unlike static poisoning)."""
+
+    def transform(key, images, labels):
+        b = images.shape[0]
+        n = per_batch_count(b, config.poison_ratio)
+        images = jnp.concatenate([trigger(images[:n], key), images[n:]])
+        target = (labels + 1) % num_classes if config.mode == "all_to_all" else jnp.full_like(labels, config.target)
+        return images, jnp.where(jnp.arange(b) < n, target, labels)
+
+    return transform
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attacks.base import Attack, AttackConfig
+from attacks.poison import per_batch_count
 from attacks.triggers import Trigger
 from backdoor_core.errors import InputError
 
@@ -123,7 +124,7 @@ def wanet_trigger(field: np.ndarray, params: WaNetParams, image_shape: tuple[int
 
 def batch_counts(batch_size: int, poison_ratio: float, cross_ratio: float) -> tuple[int, int]:
     """(n_bd, n_cross) of step 4, both rounded half up and capped by the batch size."""
-    n_bd = min(int(np.floor(poison_ratio * batch_size + 0.5)), batch_size)
+    n_bd = per_batch_count(batch_size, poison_ratio)
     n_cross = min(int(np.floor(cross_ratio * n_bd + 0.5)), batch_size - n_bd)
     return n_bd, n_cross
 

@@ -39,7 +39,7 @@ def attack_config(cfg) -> AttackConfig:
     get_attack(cfg.attack)  # unknown names fail here, before any loading
     params = cfg.params[cfg.attack].to_dict() if cfg.attack in cfg.params else {}
     config = AttackConfig(name=cfg.attack, target=cfg.target, mode=cfg.mode, poison_ratio=cfg.poison_ratio,
-                          ratio_of=cfg.ratio_of, seed=cfg.seed, params=params)
+                          ratio_of=cfg.ratio_of, seed=cfg.seed, params=params, poisoning=cfg.poisoning)
     return config.validate()
 
 

@@ -139,11 +139,14 @@ def _exit_unknown_setting(error: BaseException, argv, default: str | None):
 
 def attack_label(attack: dict, missing: str = "-") -> str:
     """A run record's `attack` entry as a table cell: its name, with " (all-to-all)" for that mode
-    (an all-to-all run is otherwise indistinguishable from an all-to-one one); `missing` without one."""
+    and " (per-batch)" for that poisoning (such runs are otherwise indistinguishable from the
+    default ones: `badnets (all-to-all, per-batch)`); `missing` without one."""
     if not attack:
         return missing
     name = attack.get("name", missing)
-    return f"{name} (all-to-all)" if attack.get("mode") == "all_to_all" else name
+    marks = [m for m, on in (("all-to-all", attack.get("mode") == "all_to_all"),
+                             ("per-batch", attack.get("poisoning") == "per_batch")) if on]
+    return f"{name} ({', '.join(marks)})" if marks else name
 
 
 def table_path(path: str | None, flag: str = "--out") -> Path | None:

@@ -67,7 +67,7 @@ import ml_collections
 from absl import app
 from tqdm import tqdm
 
-from attacks.backdoor import POISONED_INDICES
+from attacks.backdoor import POISONED_INDICES, poisoning_kind
 from attacks.base import MODES
 from attacks.registry import get_attack
 from attacks.triggers import TRIGGER_JSON, TRIGGER_NPZ
@@ -188,7 +188,8 @@ def teacher_settings(cfg, with_attack: bool = True) -> dict:
         attack = attack_config(cfg)
         settings["attack"] = {"name": attack.name, "mode": attack.mode, "target": attack.target,
                               "poison_ratio": attack.poison_ratio, "ratio_of": attack.ratio_of, "seed": attack.seed,
-                              "params": dict(attack.params)}
+                              "params": dict(attack.params),
+                              "poisoning": poisoning_kind(get_attack(attack.name), attack)}
     return settings
 
 

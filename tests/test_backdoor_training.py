@@ -1,9 +1,11 @@
 """Backdoored training end to end: BadNets implants a working backdoor on real digits without
-costing clean accuracy; WaNet poisons on the fly; the CLI writes a complete run
-directory and refuses bad settings with one line, leaving nothing behind."""
+costing clean accuracy; WaNet poisons on the fly, and so does BadNets with per-batch poisoning
+(the trigger pasted after augmentation); the CLI writes a complete run directory and refuses bad
+settings with one line, leaving nothing behind."""
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +139,72 @@ def test_wanet_poisons_on_the_fly(mnist_subset, mesh1, tmp_path, monkeypatch):
         train_backdoor(config, "small_cnn", 0.25, train, test, recipe, run, mesh=mesh1, progress=False)
 
 
+def test_per_batch_transform_triggers_the_first_share_of_the_batch_and_nothing_else(mnist_subset):
+    import jax
+
+    from attacks.poison import per_batch_count, per_batch_transform
+    from attacks.registry import get_attack
+
+    assert [per_batch_count(128, 0.1), per_batch_count(10, 0.25), per_batch_count(4, 1.0)] == [13, 3, 4]
+    train = mnist_subset[0]
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.0, 0.5, (10, 28, 28, 1)).astype(np.float32)  # never white: the patch shows
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], np.int32)
+    badnets = get_attack("badnets")
+    for mode, targets in (("all_to_one", [7, 7, 7]), ("all_to_all", [1, 2, 3])):
+        config = AttackConfig("badnets", target=7, mode=mode, poison_ratio=0.25, poisoning="per_batch")
+        trigger = badnets.build_trigger(config, badnets.params(config), train, jax.random.PRNGKey(0))
+        out, new = per_batch_transform(config, trigger, 10)(jax.random.PRNGKey(1), images, labels)
+        out, new = np.asarray(out), np.asarray(new)
+        np.testing.assert_array_equal(new, [*targets, *labels[3:]])
+        np.testing.assert_array_equal(out[3:], images[3:])  # the rest of the batch passes unchanged
+        changed = np.any(out[:3] != images[:3], axis=(0, 3))
+        assert changed[-3:, -3:].all() and changed.sum() == 9  # the 3x3 corner, no other pixel
+        np.testing.assert_array_equal(out[:3, -3:, -3:], 1.0)
+        assert out.dtype == np.float32
+
+
+def test_per_batch_badnets_implants_a_backdoor_without_a_poisoned_set(mnist_subset, mesh1, tmp_path):
+    # The official PBE code's teachers: the patch pasted on 10% of every augmented batch (here
+    # crop padding 2, so a static patch would move by up to 2 pixels; this one never moves).
+    from experiments.defenses.pbe import poisoned_training_set
+    from types import SimpleNamespace
+
+    train, test = digits_3000(mnist_subset[0]), mnist_subset[1]
+    config = AttackConfig("badnets", poisoning="per_batch")
+    run = tmp_path / "per_batch"
+    done = train_backdoor(config, "small_cnn", 0.5, train, test, RECIPE, run, mesh=mesh1, progress=False)
+    assert done.fit.complete and done.poisoned_indices is None and not (run / POISONED_INDICES).exists()
+    record = rundir.read_record(run)
+    assert record["attack"]["poisoning"] == "per_batch" and "num_poisoned" not in record["attack"]
+    assert record["metrics"]["asr"] >= 0.9 and record["metrics"]["test_acc"] > 0.85
+    loaded, trigger = load_attack(run)
+    assert loaded == dataclasses.replace(config, params=loaded.params) and loaded.poisoning == "per_batch"
+    # PBE's defender gets a materialised poisoned set: the trained trigger on 10% of the images.
+    source = tmp_path / "digits.npz"
+    np.savez(source, x_train=train.images, y_train=train.labels, x_test=test.images[:10], y_test=test.labels[:10])
+    view = SimpleNamespace(run_dir=run, record=record, attack=loaded, trigger=trigger, dataset_source=str(source),
+                           poisoned_indices=None)
+    poisoned, indices, how = poisoned_training_set(view)
+    assert how.startswith("materialised") and len(indices) == 300 and np.all(poisoned.labels[indices] == 0)
+    # A default (static) run's record still loads as the default poisoning.
+    assert AttackConfig.from_dict({"name": "wanet", "poisoning": "on_the_fly"}).poisoning == "default"
+
+
+@pytest.mark.parametrize("config,message", [
+    (AttackConfig("sig", poisoning="per_batch"), "clean-label"),
+    (AttackConfig("wanet", poisoning="per_batch"), "already poisoned per batch"),
+    (AttackConfig("iad", poisoning="per_batch"), "trained its own way"),
+    (AttackConfig("badnets", poisoning="per_batch", ratio_of="target_class"), "expected ratio_of 'dataset'"),
+    (AttackConfig("badnets", poisoning="static"), "expected one of ('default', 'per_batch')"),
+])
+def test_per_batch_poisoning_is_refused_where_it_has_no_meaning(config, message):
+    from attacks.backdoor import prepare_attack
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        prepare_attack(config, (28, 28, 1), 10)
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"attack": "badnet"}, "unknown attack 'badnet'"),
     ({"target": 10}, "target 10 is not a class"),
@@ -144,6 +212,8 @@ def test_wanet_poisons_on_the_fly(mnist_subset, mesh1, tmp_path, monkeypatch):
     ({"params.badnets.size": 30}, "30x30 patch at margin 0 does not fit 28x28"),
     ({"mode": "all_to_all", "attack": "sig"}, "clean-label"),
     ({"model": "resnet9000"}, "unknown model 'resnet9000'"),
+    ({"poisoning": "per_bach"}, "attack poisoning 'per_bach'"),
+    ({"poisoning": "per_batch", "attack": "wanet"}, "already poisoned per batch"),
 ])
 def test_cli_bad_settings_leave_no_run_dir(tmp_path, overrides, message):
     out = tmp_path / "run"

@@ -39,6 +39,10 @@ def test_attack_cells_tell_all_to_all_from_all_to_one():
     assert attack_label({"name": "badnets", "mode": "all_to_all", "target": 0}) == "badnets (all-to-all)"
     assert attack_label({"name": "badnets", "mode": "all_to_one", "target": 0}) == "badnets"
     assert attack_label({"name": "blended"}) == "blended"  # records from before `mode` existed
+    assert attack_label({"name": "badnets", "poisoning": "per_batch"}) == "badnets (per-batch)"
+    assert attack_label({"name": "badnets", "mode": "all_to_all", "poisoning": "per_batch"}) == \
+        "badnets (all-to-all, per-batch)"
+    assert attack_label({"name": "badnets", "poisoning": "static"}) == "badnets"
     assert attack_label({}) == "-" and attack_label(None, "none") == "none"  # a clean training run
 
 

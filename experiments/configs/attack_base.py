@@ -3,6 +3,7 @@
   python -m experiments.attack --config experiments/configs/attack_base.py \
       --config.attack=badnets --config.dataset=data/mnist_subset.npz --config.model=small_cnn \
       [--config.target=0] [--config.poison_ratio=0.1] [--config.params.blended.alpha=0.1] \
+      [--config.poisoning=per_batch] \
       [--config.out=DIR]
 
 `params.<attack>` holds each registered attack's own settings (BackdoorBench's defaults); only
@@ -39,6 +40,10 @@ def get_config():
     c.poison_ratio = 0.1
     c.ratio_of = "dataset"  # or "target_class" (clean-label attacks)
     c.seed = 0
+    # "default": the attack's own poisoning (a poisoned training set, triggered before augmentation:
+    # BackdoorBench's); "per_batch": a share of every augmented batch triggered in the training
+    # step, the trigger at a fixed place (the official PBE code's teachers; dirty-label attacks).
+    c.poisoning = "default"
     c.clean_run = ml_collections.config_dict.placeholder(str)
     c.num_examples = 8  # clean vs triggered test images in examples.png
     c.params = ml_collections.ConfigDict({name: params_section(name) for name in default_params()})

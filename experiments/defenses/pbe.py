@@ -74,7 +74,7 @@ def poisoned_training_set(attack_run: AttackRun, mesh=None) -> tuple[Split, np.n
     """(poisoned training split, its poisoned indices, how it was obtained) for PBE's defender."""
     train, _ = load_dataset(attack_run.dataset_source)
     attack, config, trigger = get_attack(attack_run.attack.name), attack_run.attack, attack_run.trigger
-    if attack.on_the_fly or attack.custom_training:
+    if attack.on_the_fly or attack.custom_training or config.poisoning == "per_batch":
         poisoned, indices = poison_split(train, config, trigger, clean_label=attack.clean_label)
         return poisoned, indices, "materialised: trained trigger on poison_ratio of the images (attack poisons per batch)"
     clean = None
