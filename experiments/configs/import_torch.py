@@ -9,7 +9,8 @@ an attack run directory, ready for `python -m experiments.erase`.
 
 `mean`/`std`: the normalisation the PyTorch training applied to [0, 1] pixels (above:
 BackdoorBench's CIFAR-10). The attack settings (`attack`, `target`, `mode`, `params.<attack>`)
-describe the backdoor the model was trained with: they build the trigger used to measure ASR.
+describe the backdoor the model was trained with: they build the trigger used to measure ASR
+(`poisoning=per_batch` for a model trained as the official PBE code trains its teachers).
 Triggers that cannot be rebuilt from settings alone (WaNet's grid and Blended's noise, drawn from
 a seed; TrojanNN, LC and LF, made with a clean model; IAD's generator) come from `trigger_from`, a
 run directory (or folder) holding trigger.json and trigger.npz.
@@ -29,8 +30,8 @@ def get_config():
     c.mean = ml_collections.config_dict.placeholder(tuple)  # the PyTorch training's normalisation
     c.std = ml_collections.config_dict.placeholder(tuple)
     c.out = "~/runs/imported"
-    for key in ("attack", "target", "mode", "poison_ratio", "ratio_of", "seed", "params", "num_devices",
-                "num_examples"):
+    for key in ("attack", "target", "mode", "poison_ratio", "ratio_of", "seed", "params", "poisoning",
+                "num_devices", "num_examples"):
         c[key] = base[key]
     c.trigger_from = ml_collections.config_dict.placeholder(str)  # a folder with trigger.json + trigger.npz
     return c
