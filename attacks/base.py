@@ -196,11 +196,17 @@ class Attack:
         config.validate(num_classes)
         if self.clean_label and config.mode != "all_to_one":
             raise InputError(f"attack {self.name} is clean-label: it supports only mode 'all_to_one'")
-        if config.poisoning == "per_batch" and (self.clean_label or self.on_the_fly or self.custom_training):
-            kind = ("clean-label (it poisons target-class images only)" if self.clean_label
-                    else "trained its own way" if self.custom_training else "already poisoned per batch")
-            raise InputError(f"attack {self.name} is {kind}; poisoning 'per_batch' is for dirty-label attacks "
-                             "with a fixed trigger: expected poisoning 'default'")
+        if config.poisoning == "per_batch" and self.per_batch_refusal():
+            raise InputError(self.per_batch_refusal())
+
+    def per_batch_refusal(self) -> str | None:
+        """Why this attack cannot poison per batch (`AttackConfig.poisoning`), or None if it can."""
+        if not (self.clean_label or self.on_the_fly or self.custom_training):
+            return None
+        kind = ("clean-label (it poisons target-class images only)" if self.clean_label
+                else "trained its own way" if self.custom_training else "already poisoned per batch")
+        return (f"attack {self.name} is {kind}; poisoning 'per_batch' is for dirty-label attacks "
+                "with a fixed trigger: expected poisoning 'default'")
 
     def trigger_drawn_from_key(self, params) -> bool:
         """Whether build_trigger draws the trigger from its key (WaNet's grid, Blended's noise), so

@@ -4,13 +4,16 @@ teachers, each erased by every defense, evaluated, tabulated and plotted.
   python -m experiments.run --config experiments/configs/matrix_quickstart.py [--config.out=DIR]
   python -m experiments.run --config experiments/configs/matrix_cifar10_cpu.py --config.defenses="('dhbe','clp')"
 
-An `attacks` entry is an attack's name (all-to-one) or NAME:MODE, e.g. 'badnets:all_to_all' (dirty-label
-attacks only), so that both modes of an attack can sit in one matrix; the tables label such a row
-`badnets (all-to-all)`. `attack_overrides` keyed by the attack's name apply in both modes, then any
-keyed by the cell's attack part ('badnets-all_to_all').
+An `attacks` entry is an attack's name (all-to-one, the attack's default poisoning) or NAME with
+options after colons: a mode, 'badnets:all_to_all' (dirty-label attacks only), and/or the poisoning
+'per_batch' (`attacks.base.POISONING`; the official PBE code's teacher recipe), e.g.
+'badnets_checker:per_batch' or 'badnets:all_to_all:per_batch', so that these variants of an attack
+can sit in one matrix; the tables label such a row `badnets (all-to-all, per-batch)`.
+`attack_overrides` keyed by the attack's name apply to every variant, then any keyed by the
+cell's attack part ('badnets-all_to_all', 'badnets_checker-per_batch').
 
 Layout under `out`: teachers/<dataset>-<model>-<attack>-s<seed>/ (attack runs; <attack> is
-NAME-MODE for a mode other than all-to-one; a clean model
+NAME-MODE for a mode other than all-to-one, then -per_batch for that poisoning; a clean model
 <dataset>-<model>-clean-s<seed> where TrojanNN, LC or LF need one), defenses/<teacher>-<defense>/,
 cells.jsonl (one line per cell run: status, seconds, error), results.csv, results.md (with several
 seeds also results_seeds.md/.csv: mean +- std over seeds per attack and defense) and plots/:
@@ -68,7 +71,7 @@ from absl import app
 from tqdm import tqdm
 
 from attacks.backdoor import POISONED_INDICES, poisoning_kind
-from attacks.base import MODES
+from attacks.base import MODES, POISONING
 from attacks.registry import get_attack
 from attacks.triggers import TRIGGER_JSON, TRIGGER_NPZ
 from backdoor_core import rundir
@@ -142,25 +145,33 @@ def seed_defense(cfg: ml_collections.ConfigDict, seed: int) -> ml_collections.Co
     return cfg
 
 
-def attack_entry(entry) -> tuple[str, str]:
-    """(attack name, mode) of a matrix `attacks` entry: 'NAME' (all-to-one) or 'NAME:MODE' with
-    MODE one of `attacks.base.MODES` (e.g. 'badnets:all_to_all'); InputError for anything else."""
+def entry_options(entry) -> tuple[str, str, str]:
+    """(attack name, mode, poisoning) of a matrix `attacks` entry: 'NAME' (all-to-one, default
+    poisoning) or NAME followed by ':OPTION's, each a mode of `attacks.base.MODES` or a poisoning
+    of `attacks.base.POISONING`, at most one of each ('badnets:all_to_all:per_batch'); InputError
+    for anything else."""
     if not isinstance(entry, str) or not entry.partition(":")[0]:
         raise InputError(f"matrix config: attacks entry {entry!r}; expected an attack name, optionally with "
-                         f"':MODE' (e.g. 'badnets:all_to_all')")
-    name, sep, mode = entry.partition(":")
-    mode = mode if sep else "all_to_one"
-    if mode not in MODES:
-        raise InputError(f"matrix config: attacks entry {entry!r}: mode {mode!r}; expected NAME or NAME:MODE "
-                         f"with MODE one of {', '.join(MODES)}")
-    return name, mode
+                         f"':MODE' (e.g. 'badnets:all_to_all') and/or ':per_batch'")
+    name, *options = entry.split(":")
+    modes = [o for o in options if o in MODES]
+    poisonings = [o for o in options if o in POISONING]
+    unknown = [o for o in options if o not in MODES and o not in POISONING]
+    if unknown:
+        raise InputError(f"matrix config: attacks entry {entry!r}: mode {unknown[0]!r}; expected NAME or NAME:MODE "
+                         f"with MODE one of {', '.join(MODES)} (and/or a poisoning, one of {', '.join(POISONING)})")
+    if len(modes) > 1 or len(poisonings) > 1:
+        raise InputError(f"matrix config: attacks entry {entry!r} gives {'two modes' if len(modes) > 1 else 'two poisonings'}; "
+                         "expected at most one mode and one poisoning")
+    return name, (modes or ["all_to_one"])[0], (poisonings or ["default"])[0]
 
 
 def cell_attack(entry) -> str:
-    """The attack's part of a teacher cell's name: the attack's name for all-to-one, NAME-MODE
-    otherwise ('badnets-all_to_all'), so that both modes of one attack have their own cells."""
-    name, mode = attack_entry(entry)
-    return name if mode == "all_to_one" else f"{name}-{mode}"
+    """The attack's part of a teacher cell's name: the attack's name for all-to-one and the default
+    poisoning, else with -MODE and/or -per_batch ('badnets-all_to_all', 'badnets_checker-per_batch'),
+    so that each variant of one attack has its own cells."""
+    name, mode, poisoning = entry_options(entry)
+    return "-".join([name] + [mode] * (mode != "all_to_one") + [poisoning] * (poisoning != "default"))
 
 
 def teacher_name(dataset: str, model: str, attack: str, seed: int) -> str:
@@ -438,12 +449,13 @@ class Matrix:
 
     def teacher_config(self, dataset: str, model: str, width: float, attack: str, seed: int, clean_run: str | None):
         """The experiments.attack config of a teacher cell; `attack` is a matrix `attacks` entry
-        (`attack_entry`). The matrix's `attack_overrides` for the attack's name apply in either mode,
-        then those for the cell's name ('badnets-all_to_all'), if any."""
-        name, mode = attack_entry(attack)
+        (`entry_options`). The matrix's `attack_overrides` for the attack's name apply to every
+        variant, then those for the cell's name ('badnets-all_to_all'), if any."""
+        name, mode, poisoning = entry_options(attack)
         spec = self.cfg.datasets[dataset]
         cfg = load_config(spec.attack_config)
         cfg.dataset, cfg.model, cfg.width, cfg.attack, cfg.mode, cfg.seed = spec.source, model, width, name, mode, seed
+        cfg.poisoning = poisoning
         cfg.train.seed = seed
         cfg.clean_run = clean_run
         apply_overrides(cfg, spec.get("overrides"))
@@ -453,6 +465,9 @@ class Matrix:
         if cfg.mode != mode:  # the cell's name and table label say `mode`
             raise InputError(f"matrix config: an override sets the mode of attack {attack!r} to {cfg.mode!r}; "
                              f"give the mode in the attacks entry instead ('{name}:{cfg.mode}')")
+        if cfg.poisoning != poisoning:
+            raise InputError(f"matrix config: an override sets the poisoning of attack {attack!r} to "
+                             f"{cfg.poisoning!r}; give it in the attacks entry instead ('{attack}:{cfg.poisoning}')")
         return cfg
 
     def teacher_defaults(self, dataset: str, attack: str) -> dict | None:
@@ -460,7 +475,7 @@ class Matrix:
         dataset's attack config file left at its defaults (no matrix overrides): the `defaults` of
         the stale check."""
         cfg = load_config(self.cfg.datasets[dataset].attack_config)
-        cfg.attack, cfg.mode = attack_entry(attack)
+        cfg.attack, cfg.mode, cfg.poisoning = entry_options(attack)
         try:
             return teacher_settings(cfg)
         except InputError:
@@ -482,9 +497,9 @@ class Matrix:
         bar = tqdm(total=len(plan) * (1 + len(self.cfg.defenses)), desc="matrix cells", position=0)
         for dataset, model, width, attack, seed in plan:
             teacher_dir = self.out / "teachers" / teacher_name(dataset, model, attack, seed)
-            name, mode = attack_entry(attack)
+            name, mode, poisoning = entry_options(attack)
             ids = {"dataset": dataset, "model": f"{model} x{width:g}", "seed": seed,
-                   "attack": attack_label({"name": name, "mode": mode})}
+                   "attack": attack_label({"name": name, "mode": mode, "poisoning": poisoning})}
             # Each defense cell's directory, config and recorded settings (or a bad override's InputError).
             defense_cells = []
             for defense in self.cfg.defenses:
@@ -668,10 +683,12 @@ def run_matrix(cfg) -> list[dict]:
         if defense not in DEFENSES:
             raise InputError(f"matrix config: unknown defense {defense!r}; expected one of {', '.join(DEFENSES)}")
     for entry in cfg.attacks:
-        name, mode = attack_entry(entry)
+        name, mode, poisoning = entry_options(entry)
         if get_attack(name).clean_label and mode != "all_to_one":
             raise InputError(f"matrix config: attacks entry {entry!r}: {name} is clean-label; it supports only "
                              "mode 'all_to_one'")
+        if poisoning == "per_batch" and get_attack(name).per_batch_refusal():
+            raise InputError(f"matrix config: attacks entry {entry!r}: {get_attack(name).per_batch_refusal()}")
     for defense in cfg.defenses:
         defense_config(cfg, defense)  # unknown variants and overrides fail here, before any output
     cfg.models = model_entries(cfg.models)

@@ -280,7 +280,11 @@ def test_unknown_matrix_entries_fail_before_running(tiny_matrix, tmp_path):
     for entry, message in [("badnets:sideways", "mode 'sideways'; expected NAME or NAME:MODE with MODE one of"),
                            (":all_to_all", "expected an attack name, optionally with ':MODE'"),
                            ("sig:all_to_all", "sig is clean-label; it supports only mode 'all_to_one'"),
-                           ("nope:all_to_all", "nope")]:
+                           ("nope:all_to_all", "nope"),
+                           ("wanet:per_batch", "wanet is already poisoned per batch"),
+                           ("sig:per_batch", "sig is clean-label"),
+                           ("badnets:per_batch:per_batch", "gives two poisonings"),
+                           ("badnets:all_to_all:all_to_one", "gives two modes")]:
         tiny_matrix.attacks = ("badnets", entry)
         with pytest.raises(InputError, match=message):
             run_matrix(tiny_matrix)
@@ -332,6 +336,29 @@ def test_an_all_to_all_row_sits_beside_the_all_to_one_row_of_its_attack(tiny_mat
     tiny_matrix.attack_overrides = ml_collections.ConfigDict({"badnets": dict(mode="all_to_all")})
     rows = run_matrix(tiny_matrix)
     assert rows[0]["status"] == "failed" and "give the mode in the attacks entry instead ('badnets:all_to_all')" in rows[0]["error"]
+
+
+def test_a_per_batch_row_sits_beside_the_default_row_of_its_attack(tiny_matrix, tmp_path):
+    # 'NAME:per_batch': the official PBE code's teacher recipe (trigger pasted after augmentation)
+    # beside BackdoorBench's, each in its own cell, labelled so in the tables.
+    from backdoor_core.rundir import read_record
+
+    tiny_matrix.attacks = ("badnets", "badnets:per_batch")
+    tiny_matrix.defenses = ()
+    rows = run_matrix(tiny_matrix)
+    assert [(r["attack"], r["status"]) for r in rows] == [("badnets", "complete"), ("badnets (per-batch)", "complete")]
+    teachers = tmp_path / "matrix" / "teachers"
+    default, per_batch = teachers / "digits-small_cnn-badnets-s0", teachers / "digits-small_cnn-badnets-per_batch-s0"
+    assert [read_record(d)["attack"]["poisoning"] for d in (default, per_batch)] == ["static", "per_batch"]
+    assert (default / "poisoned_indices.npy").exists() and not (per_batch / "poisoned_indices.npy").exists()
+    assert read_record(per_batch)["metrics"]["asr"] > 0.5  # a backdoor, not an untriggered run
+    assert "| digits | small_cnn x0.5 | 0 | badnets (per-batch) |" in (tmp_path / "matrix" / "results.md").read_text()
+    again = run_matrix(tiny_matrix)  # each reused, neither mistaken for the other
+    assert [r["C-Acc"] for r in again] == [r["C-Acc"] for r in rows] and len(read_cells(tmp_path / "matrix")) == 2
+    tiny_matrix.attacks = ("badnets",)
+    tiny_matrix.attack_overrides = ml_collections.ConfigDict({"badnets": dict(poisoning="per_batch")})
+    rows = run_matrix(tiny_matrix)
+    assert rows[0]["status"] == "failed" and "give it in the attacks entry instead ('badnets:per_batch')" in rows[0]["error"]
 
 
 def test_a_teachers_only_matrix_trains_teachers_that_another_machine_reuses(tiny_matrix, tmp_path):
