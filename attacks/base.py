@@ -196,8 +196,9 @@ class Attack:
         config.validate(num_classes)
         if self.clean_label and config.mode != "all_to_one":
             raise InputError(f"attack {self.name} is clean-label: it supports only mode 'all_to_one'")
-        if config.poisoning == "per_batch" and self.per_batch_refusal():
-            raise InputError(self.per_batch_refusal())
+        refusal = self.per_batch_refusal() if config.poisoning == "per_batch" else None
+        if refusal:
+            raise InputError(refusal)
 
     def per_batch_refusal(self) -> str | None:
         """Why this attack cannot poison per batch (`AttackConfig.poisoning`), or None if it can."""

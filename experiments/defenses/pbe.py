@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from attacks.backdoor import poisoning_kind
 from attacks.base import TrainedModel
 from attacks.pgd import PGDConfig, make_pgd_fn, pgd_dataset
 from attacks.poison import poison_split
@@ -74,7 +75,7 @@ def poisoned_training_set(attack_run: AttackRun, mesh=None) -> tuple[Split, np.n
     """(poisoned training split, its poisoned indices, how it was obtained) for PBE's defender."""
     train, _ = load_dataset(attack_run.dataset_source)
     attack, config, trigger = get_attack(attack_run.attack.name), attack_run.attack, attack_run.trigger
-    if attack.on_the_fly or attack.custom_training or config.poisoning == "per_batch":
+    if poisoning_kind(attack, config) != "static":  # no poisoned set on disk: WaNet, IAD, per-batch
         poisoned, indices = poison_split(train, config, trigger, clean_label=attack.clean_label)
         return poisoned, indices, "materialised: trained trigger on poison_ratio of the images (attack poisons per batch)"
     clean = None
