@@ -5,7 +5,8 @@ A run directory holds
   history.jsonl   one JSON object per evaluation, appended as the run goes
   checkpoints/    resumable training states (Orbax)
   model/          the final model variables (Orbax), written when the run completes
-Anything a later stage needs is read from here.
+Anything a later stage needs is read from here. While a command writes one, the lock file
+`.<name>.lock` beside it names the process (`run_lock`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from backdoor_core.errors import InputError
+from backdoor_core.locks import describe, try_lock, unlock
 
 RECORD = "record.json"
 HISTORY = "history.jsonl"
@@ -136,6 +138,13 @@ def has_saved_state(run_dir: Path) -> bool:
     return steps or (Path(run_dir) / MODEL).exists()
 
 
+def run_lock(run_dir: Path) -> Path:
+    """The lock file a writer of `run_dir` holds: `.<name>.lock` in its parent (beside the directory,
+    so that deleting the directory under a live writer does not free it)."""
+    run_dir = Path(run_dir).absolute()
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
 @contextlib.contextmanager
 def open_run(run_dir: Path, record: dict, defaults: dict | None = None):
     """Creates or resumes a run directory; yields (path, resuming).
@@ -145,9 +154,26 @@ def open_run(run_dir: Path, record: dict, defaults: dict | None = None):
     lacks counts as equal when it has its value in `defaults`, a record-shaped `config` of
     defaults: see `config_mismatch`); a finished run is never
     overwritten. If the body fails before the run saved anything (no checkpoint, no model), a
-    directory created here is removed, so a failed start leaves nothing behind.
+    directory created here is removed, so a failed start leaves nothing behind. The directory is
+    locked while open (`run_lock`): a run another live process is writing is refused (InputError
+    naming that process), not written by two at once; a dead holder's lock is taken over.
     """
     run_dir = Path(run_dir).absolute()
+    lock = run_lock(run_dir)
+    holder = try_lock(lock)
+    if holder is not None:
+        raise InputError(f"{run_dir} is being written by another process ({describe(holder)}; lock {lock}); "
+                         "wait for it to end, or choose another output directory")
+    try:
+        with _open_unlocked(run_dir, record, defaults) as opened:
+            yield opened
+    finally:
+        unlock(lock)
+
+
+@contextlib.contextmanager
+def _open_unlocked(run_dir: Path, record: dict, defaults: dict | None):
+    """`open_run`'s body, the lock held."""
     created = not run_dir.exists()
     if not created:
         if not (run_dir / RECORD).is_file():

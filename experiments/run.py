@@ -77,7 +77,8 @@ from attacks.triggers import TRIGGER_JSON, TRIGGER_NPZ
 from backdoor_core import rundir
 from backdoor_core.errors import InputError, is_seed
 from backdoor_core.interrupt import stop_requested
-from experiments.cell_lock import lock_path, try_lock, unlock
+from backdoor_core.locks import describe, try_lock, unlock
+from experiments.cell_lock import lock_path
 from experiments.common import attack_label, define_config_flag, output_dir, parse_flags, run_cli
 from experiments.defenses import config_module
 from experiments.plots import plot_before_after, plot_curves, plot_trigger_gallery
@@ -402,7 +403,7 @@ class Matrix:
         holder = try_lock(lock)
         if holder is not None:  # another matrix process on this `out` is running the cell
             return {"run": key, "status": "busy",
-                    "error": f"another process runs it (pid {holder.get('pid')} on {holder.get('host')}, lock {lock})"}
+                    "error": f"another process runs it ({describe(holder)}, lock {lock})"}
         try:
             # The cell may have finished in another process between the check above and the lock.
             done = self.finished(run_dir, expected_config, expected_subset, archived_ok, defaults, teacher, weights)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from backdoor_core.errors import InputError
-from experiments.cell_lock import lock_path, try_lock, unlock
+from backdoor_core.locks import try_lock, unlock
+from experiments.cell_lock import lock_path
 from experiments.configs import matrix_quickstart
 from experiments.plots import (before_after, cell_curves, curve_points, gallery_images, plot_before_after,
                                plot_trigger_gallery)

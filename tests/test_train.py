@@ -1,6 +1,7 @@
 """Training: it learns, it resumes exactly, it shards, it compiles once, it fails cleanly."""
 
 import dataclasses
+import os
 import shutil
 
 import jax
@@ -135,6 +136,51 @@ def test_resume_with_other_settings_is_refused(mnist_subset, mesh1, tmp_path):
     fit(spec, train, TINY, tmp_path / "run", mesh=mesh1, stop_after_steps=1, progress=False)
     with pytest.raises(InputError, match="another configuration .*learning_rate"):
         fit(spec, train, dataclasses.replace(TINY, learning_rate=0.5), tmp_path / "run", mesh=mesh1, progress=False)
+
+
+def test_a_run_another_live_process_writes_is_refused_and_a_dead_writers_lock_taken_over(tmp_path):
+    """The same command launched twice (or a new run at the path of one still stopping) must not
+    write one directory from two processes: the second is refused, naming the first, and touches
+    nothing; a lock left by a process that died is taken over; the lock goes when the run closes,
+    whatever its outcome, and survives the directory being deleted under its holder."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    record = {"config": {"defense": {"lam": 0.1}}}
+    run = tmp_path / "run"
+    lock = rundir.run_lock(run)
+    assert lock == tmp_path / ".run.lock"
+    with rundir.open_run(run, record) as (path, _):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        (path / rundir.CHECKPOINTS / "1").mkdir(parents=True)
+        shutil.rmtree(path)  # deleted under its writer: the lock stays
+        assert lock.exists()
+    assert not lock.exists()
+    with rundir.open_run(run, record):
+        pass
+    before = sorted(p.name for p in run.iterdir())
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": live.pid, "since": "now"}))
+        with pytest.raises(InputError, match=f"being written by another process \\(pid {live.pid} on "):
+            with rundir.open_run(run, record):
+                pytest.fail("opened a run another process holds")
+        with pytest.raises(InputError, match="being written by another process"):
+            with rundir.open_run(tmp_path / "run", record):  # the same path spelled again
+                pass
+        assert sorted(p.name for p in run.iterdir()) == before and lock.exists()
+    finally:
+        live.kill()
+        live.wait()
+    with rundir.open_run(run, record) as (_, resuming):  # its holder is gone: taken over
+        assert resuming and json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    with pytest.raises(RuntimeError):
+        with rundir.open_run(tmp_path / "failing", record):
+            raise RuntimeError("boom")
+    assert not rundir.run_lock(tmp_path / "failing").exists() and not (tmp_path / "failing").exists()
 
 
 def test_a_setting_added_since_an_attempt_resumes_at_its_default_and_is_refused_otherwise(tmp_path):
