@@ -163,7 +163,8 @@ def open_run(run_dir: Path, record: dict, defaults: dict | None = None):
     holder = try_lock(lock)
     if holder is not None:
         raise InputError(f"{run_dir} is being written by another process ({describe(holder)}; lock {lock}); "
-                         "wait for it to end, or choose another output directory")
+                         "wait for it to end or choose another output directory (a lock from another machine whose "
+                         "process is known to be gone: delete the lock file)")
     try:
         with _open_unlocked(run_dir, record, defaults) as opened:
             yield opened
