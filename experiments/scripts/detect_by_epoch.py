@@ -1,0 +1,59 @@
+"""Does the adversarial-example observation behind PBE appear as a backdoored model trains longer?
+
+  PYTHONPATH=. python experiments/scripts/detect_by_epoch.py RUN_DIR [EPS ...]
+
+RUN_DIR is a training or attack run whose `checkpoints/` kept the epochs of interest (train it
+with `--config.train.max_to_keep=<epochs>`). For every kept training state, the model's weights
+(params and batch statistics; the optimiser state is ignored) are run through `pbe_jax.detect`
+on 500 test images at each EPS (1/255 units, default 6 and 32; PGD-7, step eps/5) and one line
+is printed per (step, eps): the suspected class, its concentration, the flip rate, the share of
+the flips that land on the attack's target, and the class counts. The test accuracy and ASR of
+each epoch are in the run's history.jsonl. Used for issue 5's "teacher scale" question on MNIST
+(docs/pbe.md).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from attacks.pgd import PGDConfig
+from backdoor_core import rundir
+from backdoor_core.data import load_dataset
+from backdoor_core.models import build_model, ModelSpec
+from pbe_jax import DetectConfig, detect
+
+
+def saved_steps(run_dir: Path) -> list[int]:
+    """The optimiser steps of the training states kept under run_dir/checkpoints, ascending."""
+    return sorted(int(p.name) for p in (run_dir / rundir.CHECKPOINTS).iterdir() if p.name.isdigit())
+
+
+def variables_at(run_dir: Path, step: int) -> dict:
+    """{'params', 'batch_stats'} of the training state saved at `step` (restored untyped)."""
+    state = ocp.StandardCheckpointer().restore((run_dir / rundir.CHECKPOINTS / str(step) / "default").absolute())
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def main(run: str, eps_list: list[float], n: int = 500) -> None:
+    run_dir = Path(run).expanduser()
+    record = rundir.read_record(run_dir)
+    module = build_model(ModelSpec.from_dict(record["model"]))
+    _, test = load_dataset(record.get("dataset_source") or record["dataset"])
+    target = (record.get("attack") or {}).get("target")
+    epoch_of = {row["step"]: row["epoch"] for row in rundir.read_history(run_dir) if "epoch" in row and "step" in row}
+    for step in saved_steps(run_dir):
+        variables = variables_at(run_dir, step)
+        for eps in eps_list:
+            config = DetectConfig(pgd=PGDConfig(eps=eps / 255, alpha=eps / 5 / 255, steps=7), num_images=n)
+            d = detect(module, variables, test.images, config)
+            flips = max(int(d.counts.sum()), 1)
+            on_target = "-" if target is None else f"{d.counts[target] / flips:.3f}"
+            print(f"epoch {epoch_of.get(step, '?')!s:>3} step {step:6d} eps {eps:5.1f} suspected {d.suspected_target} "
+                  f"concentration {d.concentration:.3f} flip {d.flip_rate:.3f} on_target {on_target} "
+                  f"counts {np.asarray(d.counts).tolist()}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], [float(e) for e in sys.argv[2:]] or [6.0, 32.0])
