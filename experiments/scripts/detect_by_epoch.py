@@ -1,18 +1,18 @@
 """Does the adversarial-example observation behind PBE appear as a backdoored model trains longer?
 
-  PYTHONPATH=. python experiments/scripts/detect_by_epoch.py RUN_DIR [EPS ...]
+  PYTHONPATH=. python experiments/scripts/detect_by_epoch.py RUN_DIR [--eps 6 32 ...] [--epochs 3 10 30]
 
 RUN_DIR is a training or attack run whose `checkpoints/` kept the epochs of interest (train it
 with `--config.train.max_to_keep=<epochs>`). For every kept training state, the model's weights
 (params and batch statistics; the optimiser state is ignored) are run through `pbe_jax.detect`
-on 500 test images at each EPS (1/255 units, default 6 and 32; PGD-7, step eps/5) and one line
+on 500 test images at each EPS (1/255 units, default 6 and 32; PGD-7, step eps/5; every kept epoch unless `--epochs` names some) and one line
 is printed per (step, eps): the suspected class, its concentration, the flip rate, the share of
 the flips that land on the attack's target, and the class counts. The test accuracy and ASR of
 each epoch are in the run's history.jsonl. Used for issue 5's "teacher scale" question on MNIST
 (docs/pbe.md).
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +36,18 @@ def variables_at(run_dir: Path, step: int) -> dict:
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def main(run: str, eps_list: list[float], n: int = 500) -> None:
+def main(run: str, eps_list: list[float], epochs: list[int] | None = None, n: int = 500) -> None:
     run_dir = Path(run).expanduser()
     record = rundir.read_record(run_dir)
     module = build_model(ModelSpec.from_dict(record["model"]))
     _, test = load_dataset(record.get("dataset_source") or record["dataset"])
     target = (record.get("attack") or {}).get("target")
     epoch_of = {row["step"]: row["epoch"] for row in rundir.read_history(run_dir) if "epoch" in row and "step" in row}
-    for step in saved_steps(run_dir):
+    steps = [s for s in saved_steps(run_dir) if not epochs or epoch_of.get(s) in epochs]
+    if not steps:
+        raise SystemExit(f"{run_dir}/checkpoints keeps none of the epochs asked for ({epochs}); "
+                         f"kept: {sorted(epoch_of.get(s, s) for s in saved_steps(run_dir))}")
+    for step in steps:
         variables = variables_at(run_dir, step)
         for eps in eps_list:
             config = DetectConfig(pgd=PGDConfig(eps=eps / 255, alpha=eps / 5 / 255, steps=7), num_images=n)
@@ -56,4 +60,9 @@ def main(run: str, eps_list: list[float], n: int = 500) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], [float(e) for e in sys.argv[2:]] or [6.0, 32.0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("--eps", type=float, nargs="+", default=[6.0, 32.0])
+    parser.add_argument("--epochs", type=int, nargs="+")
+    args = parser.parse_args()
+    main(args.run, args.eps, args.epochs)
