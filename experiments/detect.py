@@ -2,7 +2,7 @@
 
   python -m experiments.detect --runs ~/runs/attack_cifar10_badnets ~/runs/clean_cifar10 \
       [--eps 6 [16 32 ...]] [--num_images 500] [--images test|synthetic|noise] [--synthetic_steps 200]
-      [--threshold 0.5] [--out docs/detection.md]
+      [--threshold 0.5] [--reference RUN] [--out docs/detection.md]
 
 For each run (clean training, attack or defense run) the model is loaded, `num_images` images
 are drawn (seeded) and used unlabelled, and untargeted PGD (PBE's eps 6/255, 7 steps) is run
@@ -18,6 +18,12 @@ synthetic images a backdoor can show before any attack), and, for attack runs, t
 backdoor's target for their prediction before the attack (all-to-one: the target's share; all-to-all:
 the share that goes from each class i to i + 1, which the suspected class cannot show).
 Ground truth is only printed, never used.
+`--reference RUN` names a model believed clean, trained on the same data: it is attacked the same
+way at each budget, and every row gains `reference_share`, the share of the reference's flips that
+land on the row's suspected class, and `excess`, the concentration minus that share. A dataset can
+have a sink of its own that every model's adversarial examples pile into (MNIST's class 8: a clean
+small CNN's concentration there reaches 0.53 at 76/255, above a BadNets teacher's; `docs/pbe.md`,
+"Full MNIST"): the excess tells a backdoor's target from it. The verdict stays on the concentration.
 Several `--eps` values give one row per run and budget (each model and its test set loaded once):
 the concentration of a backdoored model's adversarial examples can grow with the budget while a
 clean model's does not (`docs/results_cifar10.md`, "Detection").
@@ -44,6 +50,7 @@ from experiments.table import markdown
 
 COLUMNS = ("run", "images", "eps", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
            "backdoored_verdict", "input_top", "target_share", "seconds")
+REFERENCE_COLUMNS = ("reference_share", "excess")
 
 
 IMAGES = ("test", "synthetic", "noise")
@@ -110,17 +117,33 @@ def target_share(transitions: np.ndarray, attack: dict) -> float | str:
     return round(float(hits / total), 4)
 
 
+def with_reference(row: dict, reference: dict) -> dict:
+    """`row` (a detection row) with `reference_share`, the share of the flips of `reference` (the
+    reference model's row at the same budget) that land on the row's suspected class, and `excess`,
+    the row's concentration minus that share; both '-' for an error row, a reference without
+    flips or one with another number of classes."""
+    if "error" in row:
+        return row
+    counts = np.asarray(reference["counts"])
+    if counts.sum() == 0 or len(counts) != len(row["counts"]):
+        return {**row, "reference_share": "-", "excess": "-"}
+    share = float(counts[row["suspected"]] / counts.sum())
+    excess = round(row["concentration"] - share, 4) + 0.0  # + 0.0: no "-0.0" in the table
+    return {**row, "reference_share": round(share, 4), "excess": excess}
+
+
 def input_top(input_counts) -> str:
     """'class (share)' of the most predicted class among the unattacked images, e.g. '0 (1.00)'."""
     counts = np.asarray(input_counts)
     return f"{int(counts.argmax())} ({counts.max() / max(counts.sum(), 1):.2f})"
 
 
-def markdown_table(rows: list[dict], threshold: float) -> str:
-    """The rows as a Markdown table, with the verdict `concentration >= threshold`."""
+def markdown_table(rows: list[dict], threshold: float, reference: bool = False) -> str:
+    """The rows as a Markdown table, with the verdict `concentration >= threshold` (and the
+    reference columns if `reference`)."""
     shown = [{"run": r["run"], "kind": f"error: {r['error']}"} if "error" in r else
              {**r, "backdoored_verdict": "yes" if r["concentration"] >= threshold else "no"} for r in rows]
-    return markdown(shown, COLUMNS)
+    return markdown(shown, COLUMNS + REFERENCE_COLUMNS if reference else COLUMNS)
 
 
 def main(argv=None) -> int:
@@ -143,6 +166,8 @@ def main(argv=None) -> int:
                              "(no data); noise: uniform pixels")
     parser.add_argument("--synthetic_steps", type=int, default=SYNTHESIS_STEPS,
                         help=f"generator steps for --images synthetic (DHBE's cpu warm-up: {SYNTHESIS_STEPS})")
+    parser.add_argument("--reference", help="a run directory of a model believed clean, trained on the same data: "
+                                            "adds each row's excess over its share of the suspected class")
     parser.add_argument("--out", help="also write the Markdown table (and a .json of the rows) here")
     args = parser.parse_args(argv)
     try:
@@ -169,6 +194,13 @@ def main(argv=None) -> int:
     except InputError as e:
         parser.error(str(e))
     mesh = make_mesh()
+    references = None
+    if args.reference:  # before any run: an unusable reference stops everything, once
+        try:
+            references = {row["eps"]: row for row in detect_run(output_dir(args.reference), configs, mesh, args.images,
+                                                                 args.synthetic_steps)}
+        except InputError as e:
+            parser.error(f"--reference {args.reference}: {e}")
     rows = []
     for run in args.runs:
         run_dir = output_dir(run)
@@ -176,9 +208,11 @@ def main(argv=None) -> int:
             new = detect_run(run_dir, configs, mesh, args.images, args.synthetic_steps)
         except InputError as e:  # one unusable run does not stop the table
             new = [{"run": run_dir.name, "error": str(e)}]
+        if references:
+            new = [with_reference(row, references[row["eps"]]) if "eps" in row else row for row in new]
         rows += new
-        print("\n".join(markdown_table(new, args.threshold).splitlines()[2:]), flush=True)
-    table = markdown_table(rows, args.threshold)
+        print("\n".join(markdown_table(new, args.threshold, bool(references)).splitlines()[2:]), flush=True)
+    table = markdown_table(rows, args.threshold, bool(references))
     print(table)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
