@@ -7,7 +7,7 @@ with `--config.train.max_to_keep=<epochs>`). For every kept training state, the 
 (params and batch statistics; the optimiser state is ignored) are run through `pbe_jax.detect`
 on 500 test images at each EPS (1/255 units, default 6 and 32; PGD-7, step eps/5; every kept epoch unless `--epochs` names some) and one line
 is printed per (step, eps): the suspected class, its concentration, the flip rate, the share of
-the flips that land on the attack's target, and the class counts. The test accuracy and ASR of
+the flips that land on the attack's target (`experiments.detect.target_share`; all-to-all: i -> i + 1), and the class counts. The test accuracy and ASR of
 each epoch are in the run's history.jsonl. Used for issue 5's "teacher scale" question on MNIST
 (docs/pbe.md).
 """
@@ -22,6 +22,7 @@ from attacks.pgd import PGDConfig
 from backdoor_core import rundir
 from backdoor_core.data import load_dataset
 from backdoor_core.models import build_model, ModelSpec
+from experiments.detect import target_share
 from pbe_jax import DetectConfig, detect
 
 
@@ -41,7 +42,7 @@ def main(run: str, eps_list: list[float], epochs: list[int] | None = None, n: in
     record = rundir.read_record(run_dir)
     module = build_model(ModelSpec.from_dict(record["model"]))
     _, test = load_dataset(record.get("dataset_source") or record["dataset"])
-    target = (record.get("attack") or {}).get("target")
+    attack = record.get("attack") or {}
     epoch_of = {row["step"]: row["epoch"] for row in rundir.read_history(run_dir) if "epoch" in row and "step" in row}
     steps = [s for s in saved_steps(run_dir) if not epochs or epoch_of.get(s) in epochs]
     if not steps:
@@ -52,10 +53,8 @@ def main(run: str, eps_list: list[float], epochs: list[int] | None = None, n: in
         for eps in eps_list:
             config = DetectConfig(pgd=PGDConfig(eps=eps / 255, alpha=eps / 5 / 255, steps=7), num_images=n)
             d = detect(module, variables, test.images, config)
-            flips = max(int(d.counts.sum()), 1)
-            on_target = "-" if target is None else f"{d.counts[target] / flips:.3f}"
             print(f"epoch {epoch_of.get(step, '?')!s:>3} step {step:6d} eps {eps:5.1f} suspected {d.suspected_target} "
-                  f"concentration {d.concentration:.3f} flip {d.flip_rate:.3f} on_target {on_target} "
+                  f"concentration {d.concentration:.3f} flip {d.flip_rate:.3f} on_target {target_share(d.transitions, attack)} "
                   f"counts {np.asarray(d.counts).tolist()}", flush=True)
 
 
