@@ -194,10 +194,10 @@ def main(argv=None) -> int:
     except InputError as e:
         parser.error(str(e))
     mesh = make_mesh()
-    references = None
-    if args.reference:  # before any run: an unusable reference stops everything, once
+    references, reference_dir = None, output_dir(args.reference) if args.reference else None
+    if reference_dir:  # before any run: an unusable reference stops everything, once
         try:
-            references = {row["eps"]: row for row in detect_run(output_dir(args.reference), configs, mesh, args.images,
+            references = {row["eps"]: row for row in detect_run(reference_dir, configs, mesh, args.images,
                                                                  args.synthetic_steps)}
         except InputError as e:
             parser.error(f"--reference {args.reference}: {e}")
@@ -205,7 +205,10 @@ def main(argv=None) -> int:
     for run in args.runs:
         run_dir = output_dir(run)
         try:
-            new = detect_run(run_dir, configs, mesh, args.images, args.synthetic_steps)
+            if reference_dir and run_dir.resolve() == reference_dir.resolve():  # attacked already
+                new = list(references.values())
+            else:
+                new = detect_run(run_dir, configs, mesh, args.images, args.synthetic_steps)
         except InputError as e:  # one unusable run does not stop the table
             new = [{"run": run_dir.name, "error": str(e)}]
         if references:
