@@ -2,7 +2,7 @@
 
   python -m experiments.detect --runs ~/runs/attack_cifar10_badnets ~/runs/clean_cifar10 \
       [--eps 6 [16 32 ...]] [--num_images 500] [--images test|synthetic|noise] [--synthetic_steps 200]
-      [--threshold 0.5] [--reference RUN] [--out docs/detection.md]
+      [--threshold 0.5] [--reference RUN [RUN ...]] [--out docs/detection.md]
 
 For each run (clean training, attack or defense run) the model is loaded, `num_images` images
 are drawn (seeded) and used unlabelled, and untargeted PGD (PBE's eps 6/255, 7 steps) is run
@@ -18,12 +18,16 @@ synthetic images a backdoor can show before any attack), and, for attack runs, t
 backdoor's target for their prediction before the attack (all-to-one: the target's share; all-to-all:
 the share that goes from each class i to i + 1, which the suspected class cannot show).
 Ground truth is only printed, never used.
-`--reference RUN` names a model believed clean, trained on the same data: it is attacked the same
-way at each budget, and every row gains `reference_share`, the share of the reference's flips that
-land on the row's suspected class, and `excess`, the concentration minus that share. A dataset can
-have a sink of its own that every model's adversarial examples pile into (MNIST's class 8: a clean
-small CNN's concentration there reaches 0.53 at 76/255, above a BadNets teacher's; `docs/pbe.md`,
-"Full MNIST"): the excess tells a backdoor's target from it. The verdict stays on the concentration.
+`--reference RUN [RUN ...]` names models believed clean, trained on the same data: each is attacked
+the same way at each budget, and every row gains `reference_share`, the largest of the references'
+shares of their flips that land on the row's suspected class, and `excess`, the concentration minus
+that share. A dataset can have a sink of its own that every model's adversarial examples pile into
+(MNIST's class 8: a clean small CNN's concentration there reaches 0.53 at 76/255, above a BadNets
+teacher's; `docs/pbe.md`, "Full MNIST"): the excess tells a backdoor's target from it. Several
+references take the largest share, since clean models differ in where their flips go; a reference
+also listed in `--runs` is compared with the other references only (leave one out: how far one clean
+model stands out from the others), and with no other reference its columns are '-'. The verdict
+stays on the concentration.
 Several `--eps` values give one row per run and budget (each model and its test set loaded once):
 the concentration of a backdoored model's adversarial examples can grow with the budget while a
 clean model's does not (`docs/results_cifar10.md`, "Detection").
@@ -117,17 +121,19 @@ def target_share(transitions: np.ndarray, attack: dict) -> float | str:
     return round(float(hits / total), 4)
 
 
-def with_reference(row: dict, reference: dict) -> dict:
-    """`row` (a detection row) with `reference_share`, the share of the flips of `reference` (the
-    reference model's row at the same budget) that land on the row's suspected class, and `excess`,
-    the row's concentration minus that share; both '-' for an error row, a reference without
-    flips or one with another number of classes."""
+def with_reference(row: dict, references: list[dict]) -> dict:
+    """`row` (a detection row) with `reference_share`, the largest share of the flips of any of
+    `references` (the reference models' rows at the same budget) that land on the row's suspected
+    class, and `excess`, the row's concentration minus that share; both '-' for an error row, or
+    when a reference flipped nothing or has another number of classes. Several references make an
+    envelope of what clean models do: a class that is a sink for one of them is not held against
+    the row."""
     if "error" in row:
         return row
-    counts = np.asarray(reference["counts"])
-    if counts.sum() == 0 or len(counts) != len(row["counts"]):
+    counts = [np.asarray(reference["counts"]) for reference in references]
+    if not counts or any(c.sum() == 0 or len(c) != len(row["counts"]) for c in counts):
         return {**row, "reference_share": "-", "excess": "-"}
-    share = float(counts[row["suspected"]] / counts.sum())
+    share = max(float(c[row["suspected"]] / c.sum()) for c in counts)
     excess = round(row["concentration"] - share, 4) + 0.0  # + 0.0: no "-0.0" in the table
     return {**row, "reference_share": round(share, 4), "excess": excess}
 
@@ -166,8 +172,9 @@ def main(argv=None) -> int:
                              "(no data); noise: uniform pixels")
     parser.add_argument("--synthetic_steps", type=int, default=SYNTHESIS_STEPS,
                         help=f"generator steps for --images synthetic (DHBE's cpu warm-up: {SYNTHESIS_STEPS})")
-    parser.add_argument("--reference", help="a run directory of a model believed clean, trained on the same data: "
-                                            "adds each row's excess over its share of the suspected class")
+    parser.add_argument("--reference", nargs="+", metavar="RUN",
+                        help="run directories of models believed clean, trained on the same data: adds each row's "
+                             "excess over the largest of their shares of the suspected class")
     parser.add_argument("--out", help="also write the Markdown table (and a .json of the rows) here")
     args = parser.parse_args(argv)
     try:
@@ -194,28 +201,34 @@ def main(argv=None) -> int:
     except InputError as e:
         parser.error(str(e))
     mesh = make_mesh()
-    references, reference_dir = None, output_dir(args.reference) if args.reference else None
-    if reference_dir:  # before any run: an unusable reference stops everything, once
+    # Before any run: an unusable reference stops everything, once. reference_rows: each reference
+    # run's rows by budget, under its resolved path.
+    reference_rows: dict[Path, dict[str, dict]] = {}
+    for reference in args.reference or []:
+        reference_dir = output_dir(reference)
         try:
-            references = {row["eps"]: row for row in detect_run(reference_dir, configs, mesh, args.images,
-                                                                 args.synthetic_steps)}
+            if reference_dir.resolve() not in reference_rows:
+                reference_rows[reference_dir.resolve()] = {row["eps"]: row for row in detect_run(
+                    reference_dir, configs, mesh, args.images, args.synthetic_steps)}
         except InputError as e:
-            parser.error(f"--reference {args.reference}: {e}")
+            parser.error(f"--reference {reference}: {e}")
     rows = []
     for run in args.runs:
         run_dir = output_dir(run)
         try:
-            if reference_dir and run_dir.resolve() == reference_dir.resolve():  # attacked already
-                new = list(references.values())
+            if run_dir.resolve() in reference_rows:  # attacked already
+                new = list(reference_rows[run_dir.resolve()].values())
             else:
                 new = detect_run(run_dir, configs, mesh, args.images, args.synthetic_steps)
         except InputError as e:  # one unusable run does not stop the table
             new = [{"run": run_dir.name, "error": str(e)}]
-        if references:
-            new = [with_reference(row, references[row["eps"]]) if "eps" in row else row for row in new]
+        if reference_rows:  # a reference among the runs is compared with the others (leave one out)
+            others = [by_eps for path, by_eps in reference_rows.items() if path != run_dir.resolve()]
+            new = [with_reference(row, [by_eps[row["eps"]] for by_eps in others]) if "eps" in row else row
+                   for row in new]
         rows += new
-        print("\n".join(markdown_table(new, args.threshold, bool(references)).splitlines()[2:]), flush=True)
-    table = markdown_table(rows, args.threshold, bool(references))
+        print("\n".join(markdown_table(new, args.threshold, bool(reference_rows)).splitlines()[2:]), flush=True)
+    table = markdown_table(rows, args.threshold, bool(reference_rows))
     print(table)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,28 +71,45 @@ def test_detect_cli_reports_one_row_per_run_and_errors_per_run(badnets_run, tmp_
 
 
 def test_detect_cli_compares_each_row_with_a_reference_model(badnets_run, tmp_path, capsys):
+    import shutil
+
+    twin = tmp_path / "twin"  # the same model under another path: a second reference
+    shutil.copytree(badnets_run, twin)
     out = tmp_path / "d.md"
-    # The model as its own reference: same images, same attack, so its excess is exactly 0.
-    assert detect.main(["--runs", str(badnets_run), "--eps", "32", "--num_images", "64", "--reference", str(badnets_run),
-                        "--out", str(out)]) == 0
-    (row,) = json.loads(out.with_suffix(".json").read_text())
-    assert row["reference_share"] == row["concentration"] > 0 and row["excess"] == 0.0
+    # Both runs are references: each is compared with the other only (leave one out), and the same
+    # model on the same images under the same attack has excess exactly 0.
+    assert detect.main(["--runs", str(badnets_run), str(twin), "--eps", "32", "--num_images", "64",
+                        "--reference", str(badnets_run), str(twin), "--out", str(out)]) == 0
+    first, second = json.loads(out.with_suffix(".json").read_text())
+    assert first["counts"] == second["counts"] and first["run"] == badnets_run.name and second["run"] == "twin"
+    for row in (first, second):
+        assert row["reference_share"] == row["concentration"] > 0 and row["excess"] == 0.0
     assert out.read_text().splitlines()[0].endswith("| reference_share | excess |")
+    # A run that is the only reference has nothing to be compared with.
+    out.unlink()
+    assert detect.main(["--runs", str(badnets_run), "--eps", "32", "--num_images", "64", "--reference",
+                        str(badnets_run), "--out", str(out)]) == 0
+    (row,) = json.loads(out.with_suffix(".json").read_text())
+    assert row["reference_share"] == row["excess"] == "-"
     # An unusable reference is refused once, before any run is attacked, and nothing is written.
     out.unlink()
     with pytest.raises(SystemExit) as exc:
-        detect.main(["--runs", str(badnets_run), "--reference", str(tmp_path / "none"), "--out", str(out)])
+        detect.main(["--runs", str(badnets_run), "--reference", str(twin), str(tmp_path / "none"), "--out", str(out)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"--reference {tmp_path / 'none'}:" in err and not out.exists()
 
 
-def test_reference_share_is_the_reference_models_share_of_the_suspected_class():
+def test_reference_share_is_the_largest_reference_share_of_the_suspected_class():
     row = {"run": "r", "eps": "6", "suspected": 2, "concentration": 0.6, "counts": [1, 1, 3]}
-    assert detect.with_reference(row, {"counts": [2, 6, 2]}) == {**row, "reference_share": 0.2, "excess": 0.4}
-    assert detect.with_reference(row, {"counts": [0, 0, 4]})["excess"] == -0.4  # the data's own sink: below 0
-    assert detect.with_reference(row, {"counts": [0, 0, 0]})["excess"] == "-"  # the reference flipped nothing
-    assert detect.with_reference(row, {"counts": [1] * 10})["excess"] == "-"  # another number of classes
-    assert detect.with_reference({"run": "r", "error": "x"}, {"counts": [1, 1, 1]}) == {"run": "r", "error": "x"}
+    assert detect.with_reference(row, [{"counts": [2, 6, 2]}]) == {**row, "reference_share": 0.2, "excess": 0.4}
+    assert detect.with_reference(row, [{"counts": [0, 0, 4]}])["excess"] == -0.4  # the data's own sink: below 0
+    # Several references: the largest share of the suspected class (shares, not counts: 3/4 > 4/10).
+    assert detect.with_reference(row, [{"counts": [2, 4, 4]}, {"counts": [1, 0, 3]}, {"counts": [8, 2, 0]}]) == \
+        {**row, "reference_share": 0.75, "excess": -0.15}
+    assert detect.with_reference(row, [])["excess"] == "-"  # no reference to compare with
+    assert detect.with_reference(row, [{"counts": [2, 6, 2]}, {"counts": [0, 0, 0]}])["excess"] == "-"  # one flipped nothing
+    assert detect.with_reference(row, [{"counts": [1] * 10}])["excess"] == "-"  # another number of classes
+    assert detect.with_reference({"run": "r", "error": "x"}, [{"counts": [1, 1, 1]}]) == {"run": "r", "error": "x"}
 
 
 def test_target_share_follows_the_attack_mode():
