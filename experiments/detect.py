@@ -21,13 +21,15 @@ Ground truth is only printed, never used.
 `--reference RUN [RUN ...]` names models believed clean, trained on the same data: each is attacked
 the same way at each budget, and every row gains `reference_share`, the largest of the references'
 shares of their flips that land on the row's suspected class, and `excess`, the concentration minus
-that share. A dataset can have a sink of its own that every model's adversarial examples pile into
-(MNIST's class 8: a clean small CNN's concentration there reaches 0.53 at 76/255, above a BadNets
-teacher's; `docs/pbe.md`, "Full MNIST"): the excess tells a backdoor's target from it. Several
-references take the largest share, since clean models differ in where their flips go; a reference
-also listed in `--runs` is compared with the other references only (leave one out: how far one clean
-model stands out from the others), and with no other reference its columns are '-'. The verdict
-stays on the concentration.
+that share; and `shift_class` / `shift`, the class whose share of the row's flips exceeds every
+reference's share of it the most, and by how much. A dataset can have a sink of its own that every
+model's adversarial examples pile into (MNIST's class 8: four clean small CNNs' concentration there
+is 0.44-0.63 at 76/255, two BadNets teachers' 0.45 and 0.53; `docs/pbe.md`, "Full MNIST"): the excess tells a
+backdoor's target from it, and the shift looks past it for a class the references do not favour.
+Several references take the largest share, since clean models differ in where their flips go; a
+reference also listed in `--runs` is compared with the other references only (leave one out: how far
+one clean model stands out from the others), and with no other reference its columns are '-'. The
+verdict stays on the concentration; none of these columns is calibrated into one (docs/pbe.md).
 Several `--eps` values give one row per run and budget (each model and its test set loaded once):
 the concentration of a backdoored model's adversarial examples can grow with the budget while a
 clean model's does not (`docs/results_cifar10.md`, "Detection").
@@ -54,7 +56,7 @@ from experiments.table import markdown
 
 COLUMNS = ("run", "images", "eps", "kind", "attack", "true_target", "suspected", "concentration", "entropy", "flip_rate",
            "backdoored_verdict", "input_top", "target_share", "seconds")
-REFERENCE_COLUMNS = ("reference_share", "excess")
+REFERENCE_COLUMNS = ("reference_share", "excess", "shift_class", "shift")
 
 
 IMAGES = ("test", "synthetic", "noise")
@@ -122,20 +124,28 @@ def target_share(transitions: np.ndarray, attack: dict) -> float | str:
 
 
 def with_reference(row: dict, references: list[dict]) -> dict:
-    """`row` (a detection row) with `reference_share`, the largest share of the flips of any of
-    `references` (the reference models' rows at the same budget) that land on the row's suspected
-    class, and `excess`, the row's concentration minus that share; both '-' for an error row, or
-    when a reference flipped nothing or has another number of classes. Several references make an
-    envelope of what clean models do: a class that is a sink for one of them is not held against
-    the row."""
+    """`row` (a detection row) with the columns of REFERENCE_COLUMNS against `references` (the
+    reference models' rows at the same budget). With shares s_j[c] of reference j's flips landing on
+    class c and the row's own shares p[c], the envelope S[c] = max_j s_j[c] (a class that is a sink
+    for any clean model is not held against the row):
+      reference_share: S[suspected]; excess: concentration - S[suspected];
+      shift_class: argmax_c p[c] - S[c], the class this model's flips favour most beyond every
+        reference's; shift: that largest p[c] - S[c].
+    All '-' for an error row, no reference, a reference that flipped nothing or one with another
+    number of classes."""
     if "error" in row:
         return row
     counts = [np.asarray(reference["counts"]) for reference in references]
     if not counts or any(c.sum() == 0 or len(c) != len(row["counts"]) for c in counts):
-        return {**row, "reference_share": "-", "excess": "-"}
-    share = max(float(c[row["suspected"]] / c.sum()) for c in counts)
-    excess = round(row["concentration"] - share, 4) + 0.0  # + 0.0: no "-0.0" in the table
-    return {**row, "reference_share": round(share, 4), "excess": excess}
+        return {**row, **dict.fromkeys(REFERENCE_COLUMNS, "-")}
+    envelope = np.max([c / c.sum() for c in counts], axis=0)
+    own = np.asarray(row["counts"]) / max(sum(row["counts"]), 1)
+    gap = own - envelope
+    shifted = int(np.argmax(gap))
+    share = float(envelope[row["suspected"]])
+    return {**row, "reference_share": round(share, 4),
+            "excess": round(row["concentration"] - share, 4) + 0.0,  # + 0.0: no "-0.0" in the table
+            "shift_class": shifted, "shift": round(float(gap[shifted]), 4) + 0.0}
 
 
 def input_top(input_counts) -> str:

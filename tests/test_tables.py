@@ -83,14 +83,14 @@ def test_detect_cli_compares_each_row_with_a_reference_model(badnets_run, tmp_pa
     first, second = json.loads(out.with_suffix(".json").read_text())
     assert first["counts"] == second["counts"] and first["run"] == badnets_run.name and second["run"] == "twin"
     for row in (first, second):
-        assert row["reference_share"] == row["concentration"] > 0 and row["excess"] == 0.0
-    assert out.read_text().splitlines()[0].endswith("| reference_share | excess |")
+        assert row["reference_share"] == row["concentration"] > 0 and row["excess"] == row["shift"] == 0.0
+    assert out.read_text().splitlines()[0].endswith("| reference_share | excess | shift_class | shift |")
     # A run that is the only reference has nothing to be compared with.
     out.unlink()
     assert detect.main(["--runs", str(badnets_run), "--eps", "32", "--num_images", "64", "--reference",
                         str(badnets_run), "--out", str(out)]) == 0
     (row,) = json.loads(out.with_suffix(".json").read_text())
-    assert row["reference_share"] == row["excess"] == "-"
+    assert row["reference_share"] == row["excess"] == row["shift_class"] == row["shift"] == "-"
     # An unusable reference is refused once, before any run is attacked, and nothing is written.
     out.unlink()
     with pytest.raises(SystemExit) as exc:
@@ -99,16 +99,21 @@ def test_detect_cli_compares_each_row_with_a_reference_model(badnets_run, tmp_pa
     assert exc.value.code == 2 and f"--reference {tmp_path / 'none'}:" in err and not out.exists()
 
 
-def test_reference_share_is_the_largest_reference_share_of_the_suspected_class():
+def test_reference_columns_measure_the_row_against_the_references_envelope():
     row = {"run": "r", "eps": "6", "suspected": 2, "concentration": 0.6, "counts": [1, 1, 3]}
-    assert detect.with_reference(row, [{"counts": [2, 6, 2]}]) == {**row, "reference_share": 0.2, "excess": 0.4}
-    assert detect.with_reference(row, [{"counts": [0, 0, 4]}])["excess"] == -0.4  # the data's own sink: below 0
-    # Several references: the largest share of the suspected class (shares, not counts: 3/4 > 4/10).
+    assert detect.with_reference(row, [{"counts": [2, 6, 2]}]) == \
+        {**row, "reference_share": 0.2, "excess": 0.4, "shift_class": 2, "shift": 0.4}
+    # The data's own sink: the excess falls below 0 and the shift points elsewhere (class 0: 0.2 - 0).
+    assert detect.with_reference(row, [{"counts": [0, 0, 4]}]) == \
+        {**row, "reference_share": 1.0, "excess": -0.4, "shift_class": 0, "shift": 0.2}
+    # Several references: per class the largest share (shares, not counts: 3/4 > 4/10), so the
+    # envelope is (0.8, 0.4, 0.75) and no class exceeds it: the shift is the least negative gap.
     assert detect.with_reference(row, [{"counts": [2, 4, 4]}, {"counts": [1, 0, 3]}, {"counts": [8, 2, 0]}]) == \
-        {**row, "reference_share": 0.75, "excess": -0.15}
-    assert detect.with_reference(row, [])["excess"] == "-"  # no reference to compare with
-    assert detect.with_reference(row, [{"counts": [2, 6, 2]}, {"counts": [0, 0, 0]}])["excess"] == "-"  # one flipped nothing
-    assert detect.with_reference(row, [{"counts": [1] * 10}])["excess"] == "-"  # another number of classes
+        {**row, "reference_share": 0.75, "excess": -0.15, "shift_class": 2, "shift": -0.15}
+    unusable = {"reference_share": "-", "excess": "-", "shift_class": "-", "shift": "-"}
+    assert detect.with_reference(row, []) == {**row, **unusable}  # no reference to compare with
+    assert detect.with_reference(row, [{"counts": [2, 6, 2]}, {"counts": [0, 0, 0]}]) == {**row, **unusable}
+    assert detect.with_reference(row, [{"counts": [1] * 10}]) == {**row, **unusable}  # another number of classes
     assert detect.with_reference({"run": "r", "error": "x"}, [{"counts": [1, 1, 1]}]) == {"run": "r", "error": "x"}
 
 
