@@ -28,7 +28,8 @@ is 0.44-0.63 at 76/255, two BadNets teachers' 0.45 and 0.53; `docs/pbe.md`, "Ful
 backdoor's target from it, and the shift looks past it for a class the references do not favour.
 Several references take the largest share, since clean models differ in where their flips go; a
 reference also listed in `--runs` is compared with the other references only (leave one out: how far
-one clean model stands out from the others), and with no other reference its columns are '-'. The
+one clean model stands out from the others), and with no other reference its columns are '-'.
+References of different datasets are refused; a run of another dataset than theirs is an error row. The
 verdict stays on the concentration; none of these columns is calibrated into one (docs/pbe.md).
 Several `--eps` values give one row per run and budget (each model and its test set loaded once):
 the concentration of a backdoored model's adversarial examples can grow with the budget while a
@@ -93,7 +94,8 @@ def detect_run(run_dir: Path, configs: dict[float, object], mesh, images: str = 
                               synthetic_steps, mesh)
     attack = record.get("attack") or {}
     all_to_all = attack.get("mode", "all_to_one") == "all_to_all"
-    ids = {"run": run_dir.name, "images": images, "kind": record.get("kind", "train"), "attack": attack_label(attack),
+    ids = {"run": run_dir.name, "dataset": record.get("dataset", "-"), "images": images,
+           "kind": record.get("kind", "train"), "attack": attack_label(attack),
            "true_target": ("y+1" if all_to_all else attack.get("target", "-")) if attack else "-"}
     rows = []
     for eps, config in configs.items():
@@ -222,6 +224,10 @@ def main(argv=None) -> int:
                     reference_dir, configs, mesh, args.images, args.synthetic_steps)}
         except InputError as e:
             parser.error(f"--reference {reference}: {e}")
+    datasets = {next(iter(by_eps.values()))["dataset"] for by_eps in reference_rows.values()}
+    if len(datasets) > 1:
+        parser.error(f"--reference: the models were trained on different datasets ({', '.join(sorted(datasets))}); "
+                     "expected models of one dataset, the runs' own")
     rows = []
     for run in args.runs:
         run_dir = output_dir(run)
@@ -232,6 +238,9 @@ def main(argv=None) -> int:
                 new = detect_run(run_dir, configs, mesh, args.images, args.synthetic_steps)
         except InputError as e:  # one unusable run does not stop the table
             new = [{"run": run_dir.name, "error": str(e)}]
+        if reference_rows and "dataset" in new[0] and new[0]["dataset"] not in datasets:
+            new = [{"run": run_dir.name, "error": f"trained on {new[0]['dataset']}, the --reference models on "
+                                                  f"{next(iter(datasets))}; expected the same dataset"}]
         if reference_rows:  # a reference among the runs is compared with the others (leave one out)
             others = [by_eps for path, by_eps in reference_rows.items() if path != run_dir.resolve()]
             new = [with_reference(row, [by_eps[row["eps"]] for by_eps in others]) if "eps" in row else row

@@ -91,6 +91,22 @@ def test_detect_cli_compares_each_row_with_a_reference_model(badnets_run, tmp_pa
                         str(badnets_run), "--out", str(out)]) == 0
     (row,) = json.loads(out.with_suffix(".json").read_text())
     assert row["reference_share"] == row["excess"] == row["shift_class"] == row["shift"] == "-"
+    # References of different datasets are refused; a run of another dataset than theirs is an error row.
+    other = tmp_path / "other"
+    shutil.copytree(badnets_run, other)
+    rundir.update_record(other, dataset="cifar10")
+    out.unlink()
+    with pytest.raises(SystemExit) as exc:
+        detect.main(["--runs", str(badnets_run), "--eps", "32", "--num_images", "64", "--reference", str(twin),
+                     str(other), "--out", str(out)])
+    assert exc.value.code == 2 and "different datasets (cifar10, digits)" in capsys.readouterr().err
+    assert not out.exists()
+    assert detect.main(["--runs", str(other), str(badnets_run), "--eps", "32", "--num_images", "64", "--reference",
+                        str(twin), "--out", str(out)]) == 1
+    mismatched, matched = json.loads(out.with_suffix(".json").read_text())
+    assert mismatched == {"run": "other", "error": "trained on cifar10, the --reference models on digits; "
+                                                   "expected the same dataset"}
+    assert matched["excess"] == 0.0
     # An unusable reference is refused once, before any run is attacked, and nothing is written.
     out.unlink()
     with pytest.raises(SystemExit) as exc:
