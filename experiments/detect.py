@@ -235,12 +235,13 @@ def main(argv=None) -> int:
             if run_dir.resolve() in reference_rows:  # attacked already
                 new = list(reference_rows[run_dir.resolve()].values())
             else:
+                dataset = rundir.read_record(run_dir).get("dataset", "-")
+                if datasets and dataset not in datasets:  # before attacking it
+                    raise InputError(f"trained on {dataset}, the --reference models on {next(iter(datasets))}; "
+                                     "expected the same dataset")
                 new = detect_run(run_dir, configs, mesh, args.images, args.synthetic_steps)
         except InputError as e:  # one unusable run does not stop the table
             new = [{"run": run_dir.name, "error": str(e)}]
-        if reference_rows and "dataset" in new[0] and new[0]["dataset"] not in datasets:
-            new = [{"run": run_dir.name, "error": f"trained on {new[0]['dataset']}, the --reference models on "
-                                                  f"{next(iter(datasets))}; expected the same dataset"}]
         if reference_rows:  # a reference among the runs is compared with the others (leave one out)
             others = [by_eps for path, by_eps in reference_rows.items() if path != run_dir.resolve()]
             new = [with_reference(row, [by_eps[row["eps"]] for by_eps in others]) if "eps" in row else row
