@@ -216,18 +216,19 @@ def main(argv=None) -> int:
     # Before any run: an unusable reference stops everything, once. reference_rows: each reference
     # run's rows by budget, under its resolved path.
     reference_rows: dict[Path, dict[str, dict]] = {}
+    datasets: set[str] = set()
     for reference in args.reference or []:
         reference_dir = output_dir(reference)
         try:
+            datasets.add(rundir.read_record(reference_dir).get("dataset", "-"))
+            if len(datasets) > 1:  # from the records, before attacking another model
+                parser.error(f"--reference: the models were trained on different datasets "
+                             f"({', '.join(sorted(datasets))}); expected models of one dataset, the runs' own")
             if reference_dir.resolve() not in reference_rows:
                 reference_rows[reference_dir.resolve()] = {row["eps"]: row for row in detect_run(
                     reference_dir, configs, mesh, args.images, args.synthetic_steps)}
         except InputError as e:
             parser.error(f"--reference {reference}: {e}")
-    datasets = {next(iter(by_eps.values()))["dataset"] for by_eps in reference_rows.values()}
-    if len(datasets) > 1:
-        parser.error(f"--reference: the models were trained on different datasets ({', '.join(sorted(datasets))}); "
-                     "expected models of one dataset, the runs' own")
     rows = []
     for run in args.runs:
         run_dir = output_dir(run)
