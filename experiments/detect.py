@@ -1,7 +1,7 @@
 """Backdoor detection (`pbe_jax.detect`) on any number of finished run directories, as one table.
 
   python -m experiments.detect --runs ~/runs/attack_cifar10_badnets ~/runs/clean_cifar10 \
-      [--eps 6 [16 32 ...]] [--num_images 500] [--images test|synthetic|noise] [--synthetic_steps 200]
+      [--eps 6 [16 32 ...]] [--norm linf|l2] [--steps 7] [--num_images 500] [--images test|synthetic|noise] [--synthetic_steps 200]
       [--threshold 0.5] [--reference RUN [RUN ...]] [--out docs/detection.md]
 
 For each run (clean training, attack or defense run) the model is loaded, `num_images` images
@@ -31,6 +31,9 @@ reference also listed in `--runs` is compared with the other references only (le
 one clean model stands out from the others), and with no other reference its columns are '-'.
 References of different datasets are refused; a run of another dataset than theirs is an error row. The
 verdict stays on the concentration; none of these columns is calibrated into one (docs/pbe.md).
+`--norm l2` attacks an L2 ball instead (`--eps` then per image, in [0, 1]-pixel units; the table's
+eps reads 'L2 1'): it can spend its budget on the few pixels of a patch, which an L-inf ball cannot
+(it did not find the 3x3 patches of MNIST and CIFAR-10 either: docs/pbe.md).
 Several `--eps` values give one row per run and budget (each model and its test set loaded once):
 the concentration of a backdoored model's adversarial examples can grow with the budget while a
 clean model's does not (`docs/results_cifar10.md`, "Detection").
@@ -61,6 +64,22 @@ REFERENCE_COLUMNS = ("reference_share", "excess", "shift_class", "shift")
 
 
 IMAGES = ("test", "synthetic", "noise")
+NORMS = ("linf", "l2")
+
+
+def pgd_config(eps: float, norm: str, steps: int):
+    """The untargeted PGD of one detection budget: `eps` in 1/255 units for norm 'linf' (PBE's 6)
+    or in [0, 1]-pixel units per image for 'l2'; step eps/5 (PBE's 1.2/255 for 6/255), `steps` steps."""
+    from attacks.pgd import PGDConfig
+
+    radius = eps / 255 if norm == "linf" else eps
+    return PGDConfig(eps=radius, alpha=radius / 5, steps=steps, norm=norm)
+
+
+def budget_label(eps: float, norm: str) -> str:
+    """The table's `eps` entry of a budget: '6' for L-inf 6/255 (as before --norm existed), 'L2 1'
+    for an L2 ball of radius 1."""
+    return f"{eps:g}" if norm == "linf" else f"L2 {eps:g}"
 
 
 def detection_images(run_dir: Path, record: dict, spec, variables, kind: str, num_images: int, seed: int,
@@ -80,11 +99,11 @@ def detection_images(run_dir: Path, record: dict, spec, variables, kind: str, nu
     return images
 
 
-def detect_run(run_dir: Path, configs: dict[float, object], mesh, images: str = "test",
+def detect_run(run_dir: Path, configs: dict[str, object], mesh, images: str = "test",
                synthetic_steps: int = SYNTHESIS_STEPS) -> list[dict]:
     """Table rows for the model saved in `run_dir` on the images named by `images` (one of
-    IMAGES, see `detection_images`), one per entry eps (in 1/255 units) -> DetectConfig of
-    `configs`, in that order."""
+    IMAGES, see `detection_images`), one per entry budget label (`budget_label`) -> DetectConfig
+    of `configs`, in that order."""
     from pbe_jax import detect
 
     record = rundir.read_record(run_dir)
@@ -98,10 +117,10 @@ def detect_run(run_dir: Path, configs: dict[float, object], mesh, images: str = 
            "kind": record.get("kind", "train"), "attack": attack_label(attack),
            "true_target": ("y+1" if all_to_all else attack.get("target", "-")) if attack else "-"}
     rows = []
-    for eps, config in configs.items():
+    for label, config in configs.items():
         start = time.perf_counter()
         result = detect(module, variables, inputs, config, mesh=mesh)
-        rows.append({**ids, "eps": f"{eps:g}", "suspected": result.suspected_target,
+        rows.append({**ids, "eps": label, "suspected": result.suspected_target,
                      "concentration": round(result.concentration, 4), "entropy": round(result.normalized_entropy, 4),
                      "flip_rate": round(result.flip_rate, 4), "seconds": round(time.perf_counter() - start, 1),
                      "counts": [int(c) for c in result.counts], "input_counts": [int(c) for c in result.input_counts],
@@ -177,8 +196,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threshold", type=float, default=0.5, help="concentration at or above which a model is flagged")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eps", type=float, nargs="+", default=[6.0],
-                        help="L-inf radius in 1/255 units (PBE's 6), or several (one row each); the step is eps/5, "
-                             "7 steps as in PBE")
+                        help="radius, or several (one row each): L-inf in 1/255 units (PBE's 6); L2 (--norm l2) "
+                             "per image in [0, 1]-pixel units (e.g. 1 or 3); the step is eps/5")
+    parser.add_argument("--norm", choices=NORMS, default="linf",
+                        help="the PGD ball: linf (PBE's) or l2, which can spend its budget on a few pixels")
+    parser.add_argument("--steps", type=int, default=7, help="PGD steps (PBE's 7)")
     parser.add_argument("--images", choices=IMAGES, default="test",
                         help="test: the dataset's test images; synthetic: DHBE's generator fitted to the model "
                              "(no data); noise: uniform pixels")
@@ -199,14 +221,17 @@ def main(argv=None) -> int:
         parser.error(f"--num_images {args.num_images}: expected at least 1")
     if args.synthetic_steps < 0:
         parser.error(f"--synthetic_steps {args.synthetic_steps}: expected a non-negative number of steps")
-    from attacks.pgd import PGDConfig
     from pbe_jax import DetectConfig
 
     bad = [e for e in args.eps if not e > 0]
     if bad:
-        parser.error(f"--eps {bad[0]:g}: expected positive radii in 1/255 units")
-    configs = {eps: DetectConfig(pgd=PGDConfig(eps=eps / 255, alpha=eps / 5 / 255, steps=7),
-                                 num_images=args.num_images, seed=args.seed) for eps in dict.fromkeys(args.eps)}
+        units = "1/255 units" if args.norm == "linf" else "[0, 1]-pixel units (L2 per image)"
+        parser.error(f"--eps {bad[0]:g}: expected positive radii in {units}")
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: expected at least 1 PGD step")
+    configs = {budget_label(eps, args.norm): DetectConfig(pgd=pgd_config(eps, args.norm, args.steps),
+                                                          num_images=args.num_images, seed=args.seed)
+               for eps in dict.fromkeys(args.eps)}
     try:  # once for all runs, not one error row per run
         for config in configs.values():
             config.validate()

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from attacks.pgd import PGDConfig
 from backdoor_core import rundir
 from backdoor_core.sharding import unroll_loops
 from experiments import detect, table
@@ -143,14 +144,24 @@ def test_target_share_follows_the_attack_mode():
     assert detect.target_share(np.zeros((3, 3), int), {"name": "badnets", "target": 0}) == "-"  # nothing flipped
 
 
-def test_detect_cli_gives_one_row_per_budget(badnets_run, tmp_path):
+@pytest.mark.parametrize("norm, budgets, labels", [("linf", ["1", "32"], ["1", "32"]),
+                                                   ("l2", ["0.05", "3"], ["L2 0.05", "L2 3"])])
+def test_detect_cli_gives_one_row_per_budget(badnets_run, tmp_path, norm, budgets, labels):
     out = tmp_path / "d.md"
-    assert detect.main(["--runs", str(badnets_run), "--eps", "1", "32", "--num_images", "64", "--out", str(out)]) == 0
+    assert detect.main(["--runs", str(badnets_run), "--norm", norm, "--eps", *budgets, "--num_images", "64",
+                        "--out", str(out)]) == 0
     rows = json.loads(out.with_suffix(".json").read_text())
-    assert [(r["run"], r["eps"]) for r in rows] == [(badnets_run.name, "1"), (badnets_run.name, "32")]
+    assert [(r["run"], r["eps"]) for r in rows] == [(badnets_run.name, label) for label in labels]
     small, large = rows
     assert large["flip_rate"] > small["flip_rate"]  # the budget reached PGD: 32/255 flips more than 1/255
     assert out.read_text().splitlines()[0].startswith("| run | images | eps |")
+
+
+def test_detect_budgets_are_pbe_steps_in_each_norms_units():
+    # L-inf radii are in 1/255 units (PBE's 6 -> its 6/255 and 1.2/255), L2 radii in pixel units
+    assert detect.pgd_config(6, "linf", 7) == PGDConfig(eps=6 / 255, alpha=1.2 / 255, steps=7)
+    assert detect.pgd_config(2, "l2", 10) == PGDConfig(eps=2.0, alpha=0.4, steps=10, norm="l2")
+    assert (detect.budget_label(6, "linf"), detect.budget_label(0.5, "l2")) == ("6", "L2 0.5")
 
 
 @pytest.mark.parametrize("images", ["synthetic", "noise"])
@@ -176,6 +187,12 @@ def test_detect_cli_rejects_bad_arguments_before_any_work(badnets_run, capsys, t
     with pytest.raises(SystemExit) as exc:
         detect.main(["--runs", str(badnets_run), "--images", "synthetic", "--synthetic_steps", "-1"])
     assert exc.value.code == 2 and "--synthetic_steps -1: expected a non-negative" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        detect.main(["--runs", str(badnets_run), "--norm", "l2", "--eps", "-1"])
+    assert exc.value.code == 2 and "--eps -1: expected positive radii in [0, 1]-pixel units" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        detect.main(["--runs", str(badnets_run), "--steps", "0"])
+    assert exc.value.code == 2 and "--steps 0: expected at least 1" in capsys.readouterr().err
     # each refused once, before any model is loaded (a bad seed was an error row per run; a folder as
     # --out an IsADirectoryError after the whole table; a threshold over 1 flagged nothing)
     for args, message in [(["--seed", "-1"], "detect: seed = -1; expected a non-negative integer"),
