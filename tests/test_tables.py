@@ -245,3 +245,23 @@ def test_refresh_script_swaps_the_readme_grid_for_the_new_one_without_id_columns
         refresh.replace_grid("no grid here\n", grid)
     with pytest.raises(SystemExit, match="no '## Wall time' section"):
         refresh.grid_without_ids(results[:results.index("## Wall time")], "## Wall time")
+
+
+def test_partial_trigger_probe_moves_from_the_clean_to_the_triggered_images(badnets_run):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "experiments" / "scripts" / "partial_trigger_probe.py"
+    spec = importlib.util.spec_from_file_location("partial_trigger_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    clean = np.array([[[[0], [255]]]], np.uint8)  # [1, 1, 2, 1]
+    triggered = np.array([[[[255], [255]]]], np.uint8)  # the first pixel painted white
+    half = probe.partial_triggers(clean, triggered, 0.5)
+    np.testing.assert_allclose(half, [[[[0.5], [1.0]]]])
+    assert probe.change_sizes(clean, half) == pytest.approx((0.5, 0.5))
+    # On the BadNets model: no trigger sends (nearly) nothing to the target, the whole one its ASR
+    none, whole = probe.probe(badnets_run, [0.0, 1.0])
+    metrics = rundir.read_record(badnets_run)["metrics"]
+    assert none["l2"] == none["linf"] == 0.0 and whole["linf"] > 0.5
+    assert none["target_share"] < 0.2 and whole["target_share"] == pytest.approx(metrics["asr"], abs=0.02)
