@@ -153,7 +153,7 @@ def test_detect_cli_gives_one_row_per_budget(badnets_run, tmp_path, norm, budget
     rows = json.loads(out.with_suffix(".json").read_text())
     assert [(r["run"], r["eps"]) for r in rows] == [(badnets_run.name, label) for label in labels]
     small, large = rows
-    assert large["flip_rate"] > small["flip_rate"]  # the budget reached PGD: 32/255 flips more than 1/255
+    assert large["flip_rate"] > small["flip_rate"]  # the budget reached PGD: the larger ball flips more
     assert out.read_text().splitlines()[0].startswith("| run | images | eps |")
 
 
@@ -261,7 +261,13 @@ def test_partial_trigger_probe_moves_from_the_clean_to_the_triggered_images(badn
     np.testing.assert_allclose(half, [[[[0.5], [1.0]]]])
     assert probe.change_sizes(clean, half) == pytest.approx((0.5, 0.5))
     # On the BadNets model: no trigger sends (nearly) nothing to the target, the whole one its ASR
-    none, whole = probe.probe(badnets_run, [0.0, 1.0])
+    t, module, variables = probe.load(badnets_run)
+    none, whole = probe.probe(t, module, variables, [0.0, 1.0])
     metrics = rundir.read_record(badnets_run)["metrics"]
     assert none["l2"] == none["linf"] == 0.0 and whole["linf"] > 0.5
     assert none["target_share"] < 0.2 and whole["target_share"] == pytest.approx(metrics["asr"], abs=0.02)
+    np.testing.assert_allclose(probe.cosines(np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]),
+                                             np.array([[2.0, 0.0], [-1.0, 0.0], [1.0, 0.0]])), [1.0, -2 ** -0.5, 0.0])
+    aligned = probe.pgd_alignment(t, module, variables, eps=64, num_images=32)
+    assert 0 < aligned["flip_rate"] <= 1 and 0 <= aligned["target_share"] <= 1
+    assert all(-1 <= aligned[k] <= 1 for k in ("cos_other", "cos_all"))
