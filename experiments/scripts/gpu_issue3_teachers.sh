@@ -23,9 +23,7 @@
 # (one per run directory, under the device tool's 16 MiB per file) and $OUT/logs.tgz.
 set -u
 . experiments/scripts/gpu_setup.sh
-if [ "${1:-}" = prepare ]; then
-  set -e; gpu_prepare; du -sh .whl .gpu; exit 0
-fi
+gpu_prepare_if_asked "$@"
 OUT=${OUT:-/tmp/out_issue3}; mkdir -p "$OUT"; PY=${PY:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
   BUDGET=${BUDGET:-600}; E=${EPOCHS:-1}; R=${R:-/tmp/runs_issue3_smoke}

@@ -28,9 +28,7 @@
 # triggers, plots), with $OUT/detect.md (+ .json) and $OUT/logs.tgz.
 set -u
 . experiments/scripts/gpu_setup.sh
-if [ "${1:-}" = prepare ]; then
-  set -e; gpu_prepare; du -sh .whl .gpu; exit 0
-fi
+gpu_prepare_if_asked "$@"
 OUT=${OUT:-/tmp/out_issue5}; mkdir -p "$OUT"; PY=${PY:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
   BUDGET=${BUDGET:-900}; R=${R:-/tmp/runs_issue5_smoke}; VARIANT=smoke

@@ -1,6 +1,7 @@
 # Shared by the GPU session scripts (source it): the pinned pure-Python wheels the device
 # image lacks or has in other versions (it has jax 0.11.2 and torch 2.11 with CUDA), and the data.
 #   gpu_prepare            here, before the device call: wheels into .whl/, CIFAR-10 into .gpu/ (both git-ignored)
+#   gpu_prepare_if_asked   a session script's `prepare` argument: gpu_prepare, then exit
 #   gpu_install            there, first thing: install .whl/ into /tmp/site, put CIFAR-10 where record.json says
 #   gpu_run NAME CMD...    CMD with its output in $L/NAME.log, its status and time appended to $L/times.txt
 #   gpu_wait_with_budget   wait for the background runs, stopping them at a time budget
@@ -19,6 +20,11 @@ gpu_prepare() {
       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl "$p" || return 1
   done
   cp ../shared/data/cifar10.tar.gz .gpu/
+}
+
+# gpu_prepare_if_asked "$@": a session script's `prepare` argument (gpu_prepare here, then exit).
+gpu_prepare_if_asked() {
+  if [ "${1:-}" = prepare ]; then set -e; gpu_prepare; du -sh .whl .gpu; exit 0; fi
 }
 
 gpu_install() {
