@@ -20,9 +20,7 @@
 set -u
 . experiments/scripts/gpu_setup.sh
 ATTACKS=${ATTACKS:-"iad lc lf"}  # at most seven (the 8-file limit); the teachers still missing (TrojanNN: trained on the CPU)
-if [ "${1:-}" = prepare ]; then
-  set -e; gpu_prepare; du -sh .whl .gpu; exit 0
-fi
+gpu_prepare_if_asked "$@"
 if [ "${1:-}" = install ]; then
   # Unpacks the teachers into the CPU matrix's run folder; an existing teacher there is kept.
   # Caveat: an LC or TrojanNN teacher was made with the GPU's clean model (in the same archive; PBE
