@@ -100,13 +100,13 @@ def detection_images(run_dir: Path, record: dict, spec, variables, kind: str, nu
 
 
 def detect_run(run_dir: Path, configs: dict[str, object], mesh, images: str = "test",
-               synthetic_steps: int = SYNTHESIS_STEPS) -> list[dict]:
+               synthetic_steps: int = SYNTHESIS_STEPS, record: dict | None = None) -> list[dict]:
     """Table rows for the model saved in `run_dir` on the images named by `images` (one of
     IMAGES, see `detection_images`), one per entry budget label (`budget_label`) -> DetectConfig
-    of `configs`, in that order."""
+    of `configs`, in that order. `record`: the run's record.json if the caller has read it."""
     from pbe_jax import detect
 
-    record = rundir.read_record(run_dir)
+    record = record if record is not None else rundir.read_record(run_dir)
     spec, module, variables = rundir.load_model(run_dir)
     first = next(iter(configs.values()))
     inputs = detection_images(run_dir, record, spec, variables, images, first.num_images, first.seed,
@@ -245,13 +245,14 @@ def main(argv=None) -> int:
     for reference in args.reference or []:
         reference_dir = output_dir(reference)
         try:
-            datasets.add(rundir.read_record(reference_dir).get("dataset", "-"))
+            record = rundir.read_record(reference_dir)
+            datasets.add(record.get("dataset", "-"))
             if len(datasets) > 1:  # from the records, before attacking another model
                 parser.error(f"--reference: the models were trained on different datasets "
                              f"({', '.join(sorted(datasets))}); expected models of one dataset, the runs' own")
             if reference_dir.resolve() not in reference_rows:
                 reference_rows[reference_dir.resolve()] = {row["eps"]: row for row in detect_run(
-                    reference_dir, configs, mesh, args.images, args.synthetic_steps)}
+                    reference_dir, configs, mesh, args.images, args.synthetic_steps, record)}
         except InputError as e:
             parser.error(f"--reference {reference}: {e}")
     rows = []
@@ -261,11 +262,12 @@ def main(argv=None) -> int:
             if run_dir.resolve() in reference_rows:  # attacked already
                 new = list(reference_rows[run_dir.resolve()].values())
             else:
-                dataset = rundir.read_record(run_dir).get("dataset", "-")
+                record = rundir.read_record(run_dir)
+                dataset = record.get("dataset", "-")
                 if datasets and dataset not in datasets:  # before attacking it
                     raise InputError(f"trained on {dataset}, the --reference models on {next(iter(datasets))}; "
                                      "expected the same dataset")
-                new = detect_run(run_dir, configs, mesh, args.images, args.synthetic_steps)
+                new = detect_run(run_dir, configs, mesh, args.images, args.synthetic_steps, record)
         except InputError as e:  # one unusable run does not stop the table
             new = [{"run": run_dir.name, "error": str(e)}]
         if reference_rows:  # a reference among the runs is compared with the others (leave one out)

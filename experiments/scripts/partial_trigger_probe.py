@@ -65,10 +65,11 @@ def probe(t, module, variables, alphas: list[float]) -> list[dict]:
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity [N] of each image's a [N, ...] and b [N, ...], flattened (0 where one is 0)."""
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(norms > 0, (a * b).sum(1) / np.where(norms > 0, norms, 1), 0.0)
+    """Cosine similarity [N] of each image's a [N, ...] and b [N, ...], flattened (0 where one is 0):
+    PBE's selection score 1/2 + 1/2 cos (`pbe_jax.selection.consistency_scores`) mapped back."""
+    from pbe_jax.selection import consistency_scores
+
+    return 2 * consistency_scores(a.reshape(len(a), -1), b.reshape(len(b), -1)) - 1
 
 
 def pgd_alignment(t, module, variables, eps: float, num_images: int, seed: int = 0) -> dict:
