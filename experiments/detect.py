@@ -183,13 +183,87 @@ def markdown_table(rows: list[dict], threshold: float, reference: bool = False) 
     return markdown(shown, COLUMNS + REFERENCE_COLUMNS if reference else COLUMNS)
 
 
-def main(argv=None) -> int:
-    from backdoor_core.host_memory import keep_freed_memory
+def budget_configs(eps: list[float], norm: str, steps: int, num_images: int, seed: int) -> dict[str, object]:
+    """One `pbe_jax.DetectConfig` per distinct radius of `eps` (in order), keyed by its table label
+    (`budget_label`): untargeted PGD in the `norm` ball (`pgd_config`) for `steps` steps on
+    `num_images` images drawn with `seed`. Raises InputError naming the first unusable value."""
+    from pbe_jax import DetectConfig
 
-    try:
-        keep_freed_memory()  # only with BACKDOOR_MALLOC=keep (backdoor_core/host_memory.py)
-    except ValueError as e:  # a bad BACKDOOR_MALLOC
-        sys.exit(f"error: {e}")
+    bad = [e for e in eps if not e > 0]
+    if bad:
+        units = "1/255 units" if norm == "linf" else "[0, 1]-pixel units (L2 per image)"
+        raise InputError(f"--eps {bad[0]:g}: expected positive radii in {units}")
+    if steps < 1:
+        raise InputError(f"--steps {steps}: expected at least 1 PGD step")
+    configs = {budget_label(e, norm): DetectConfig(pgd=pgd_config(e, norm, steps), num_images=num_images, seed=seed)
+               for e in dict.fromkeys(eps)}
+    for config in configs.values():  # once for all runs, not one error row per run
+        config.validate()
+    return configs
+
+
+def reference_detections(references: list[str], configs: dict[str, object], mesh, images: str = "test",
+                         synthetic_steps: int = SYNTHESIS_STEPS) -> tuple[dict[Path, dict[str, dict]], set[str]]:
+    """Detection on each model believed clean, before any other run: ({resolved run directory:
+    {budget label: row}}, the datasets they were trained on). A reference named twice is attacked
+    once. Raises InputError ('--reference RUN: ...') for an unusable reference or references of
+    different datasets (found from the records, before attacking another model)."""
+    rows: dict[Path, dict[str, dict]] = {}
+    datasets: set[str] = set()
+    for reference in references:
+        reference_dir = output_dir(reference)
+        try:
+            record = rundir.read_record(reference_dir)
+            datasets.add(record.get("dataset", "-"))
+            if len(datasets) > 1:
+                raise InputError(f"the models were trained on different datasets ({', '.join(sorted(datasets))}); "
+                                 "expected models of one dataset, the runs' own")
+            if reference_dir.resolve() not in rows:
+                rows[reference_dir.resolve()] = {row["eps"]: row for row in detect_run(
+                    reference_dir, configs, mesh, images, synthetic_steps, record)}
+        except InputError as e:
+            raise InputError(f"--reference {reference}: {e}") from None
+    return rows, datasets
+
+
+def detect_runs(runs: list[str], configs: dict[str, object], mesh, images: str = "test",
+                synthetic_steps: int = SYNTHESIS_STEPS, references: list[str] | None = None,
+                on_rows=None) -> list[dict]:
+    """Detection rows for every run of `runs` (`detect_run`'s, one per budget of `configs`), with
+    the reference columns (`with_reference`) when `references` names models believed clean. A run
+    that cannot be used (no model, another dataset than the references') gives one error row
+    {'run', 'error'} and the others go on; an unusable reference raises InputError before any run
+    is attacked. A run that is also a reference is not attacked twice and is compared with the
+    other references only (leave one out). `on_rows(rows)` is called with each run's rows as they
+    are made (the CLI prints them)."""
+    reference_rows, datasets = reference_detections(references or [], configs, mesh, images, synthetic_steps)
+    rows = []
+    for run in runs:
+        run_dir = output_dir(run)
+        try:
+            if run_dir.resolve() in reference_rows:  # attacked already
+                new = list(reference_rows[run_dir.resolve()].values())
+            else:
+                record = rundir.read_record(run_dir)
+                dataset = record.get("dataset", "-")
+                if datasets and dataset not in datasets:  # before attacking it
+                    raise InputError(f"trained on {dataset}, the --reference models on {next(iter(datasets))}; "
+                                     "expected the same dataset")
+                new = detect_run(run_dir, configs, mesh, images, synthetic_steps, record)
+        except InputError as e:  # one unusable run does not stop the table
+            new = [{"run": run_dir.name, "error": str(e)}]
+        if reference_rows:
+            others = [by_eps for path, by_eps in reference_rows.items() if path != run_dir.resolve()]
+            new = [with_reference(row, [by_eps[row["eps"]] for by_eps in others]) if "eps" in row else row
+                   for row in new]
+        if on_rows is not None:
+            on_rows(new)
+        rows += new
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's flags."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", required=True, help="run directories with a saved model")
     parser.add_argument("--num_images", type=int, default=500)
@@ -210,80 +284,48 @@ def main(argv=None) -> int:
                         help="run directories of models believed clean, trained on the same data: adds each row's "
                              "excess over the largest of their shares of the suspected class")
     parser.add_argument("--out", help="also write the Markdown table (and a .json of the rows) here")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`parser`'s arguments, checked before any model is loaded (a bad one exits through
+    parser.error): `args.configs` holds the budgets' DetectConfigs (`budget_configs`) and `args.out`
+    the resolved table path (or None)."""
     args = parser.parse_args(argv)
-    try:
-        out = table_path(args.out)
-    except InputError as e:
-        parser.error(str(e))
     if not 0 < args.threshold <= 1:
         parser.error(f"--threshold {args.threshold:g}: expected a concentration in (0, 1] (a share of the flipped images)")
     if args.num_images < 1:
         parser.error(f"--num_images {args.num_images}: expected at least 1")
     if args.synthetic_steps < 0:
         parser.error(f"--synthetic_steps {args.synthetic_steps}: expected a non-negative number of steps")
-    from pbe_jax import DetectConfig
-
-    bad = [e for e in args.eps if not e > 0]
-    if bad:
-        units = "1/255 units" if args.norm == "linf" else "[0, 1]-pixel units (L2 per image)"
-        parser.error(f"--eps {bad[0]:g}: expected positive radii in {units}")
-    if args.steps < 1:
-        parser.error(f"--steps {args.steps}: expected at least 1 PGD step")
-    configs = {budget_label(eps, args.norm): DetectConfig(pgd=pgd_config(eps, args.norm, args.steps),
-                                                          num_images=args.num_images, seed=args.seed)
-               for eps in dict.fromkeys(args.eps)}
-    try:  # once for all runs, not one error row per run
-        for config in configs.values():
-            config.validate()
+    try:
+        args.out = table_path(args.out)
+        args.configs = budget_configs(args.eps, args.norm, args.steps, args.num_images, args.seed)
     except InputError as e:
         parser.error(str(e))
-    mesh = make_mesh()
-    # Before any run: an unusable reference stops everything, once. reference_rows: each reference
-    # run's rows by budget, under its resolved path.
-    reference_rows: dict[Path, dict[str, dict]] = {}
-    datasets: set[str] = set()
-    for reference in args.reference or []:
-        reference_dir = output_dir(reference)
-        try:
-            record = rundir.read_record(reference_dir)
-            datasets.add(record.get("dataset", "-"))
-            if len(datasets) > 1:  # from the records, before attacking another model
-                parser.error(f"--reference: the models were trained on different datasets "
-                             f"({', '.join(sorted(datasets))}); expected models of one dataset, the runs' own")
-            if reference_dir.resolve() not in reference_rows:
-                reference_rows[reference_dir.resolve()] = {row["eps"]: row for row in detect_run(
-                    reference_dir, configs, mesh, args.images, args.synthetic_steps, record)}
-        except InputError as e:
-            parser.error(f"--reference {reference}: {e}")
-    rows = []
-    for run in args.runs:
-        run_dir = output_dir(run)
-        try:
-            if run_dir.resolve() in reference_rows:  # attacked already
-                new = list(reference_rows[run_dir.resolve()].values())
-            else:
-                record = rundir.read_record(run_dir)
-                dataset = record.get("dataset", "-")
-                if datasets and dataset not in datasets:  # before attacking it
-                    raise InputError(f"trained on {dataset}, the --reference models on {next(iter(datasets))}; "
-                                     "expected the same dataset")
-                new = detect_run(run_dir, configs, mesh, args.images, args.synthetic_steps, record)
-        except InputError as e:  # one unusable run does not stop the table
-            new = [{"run": run_dir.name, "error": str(e)}]
-        if reference_rows:  # a reference among the runs is compared with the others (leave one out)
-            others = [by_eps for path, by_eps in reference_rows.items() if path != run_dir.resolve()]
-            new = [with_reference(row, [by_eps[row["eps"]] for by_eps in others]) if "eps" in row else row
-                   for row in new]
-        rows += new
-        print("\n".join(markdown_table(new, args.threshold, bool(reference_rows)).splitlines()[2:]), flush=True)
-    table = markdown_table(rows, args.threshold, bool(reference_rows))
+    return args
+
+
+def main(argv=None) -> int:
+    from backdoor_core.host_memory import keep_freed_memory
+
+    try:
+        keep_freed_memory()  # only with BACKDOOR_MALLOC=keep (backdoor_core/host_memory.py)
+    except ValueError as e:  # a bad BACKDOOR_MALLOC
+        sys.exit(f"error: {e}")
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    reference = bool(args.reference)
+    try:
+        rows = detect_runs(args.runs, args.configs, make_mesh(), args.images, args.synthetic_steps, args.reference,
+                           on_rows=lambda new: print("\n".join(
+                               markdown_table(new, args.threshold, reference).splitlines()[2:]), flush=True))
+    except InputError as e:  # an unusable reference: detect_runs raises before attacking any run
+        parser.error(str(e))
+    table = markdown_table(rows, args.threshold, reference)
     print(table)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table)
-        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     return 1 if any("error" in r for r in rows) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
