@@ -486,12 +486,97 @@ class Matrix:
         """See `defense_config`."""
         return defense_config(self.cfg, defense, seed)
 
-    def run(self) -> list[dict]:
-        """Runs (or reuses) every cell; returns the result rows."""
-        from experiments.attack import run_attack
-        from experiments.erase import erase_run, recorded_config, recorded_defaults
+    def defense_cells(self, teacher_dir: Path, seed: int) -> list[tuple]:
+        """(defense, its cell directory, its config or the InputError of a bad override, the recorded
+        settings a finished cell must have (None for a bad override), its recorded defaults) for each
+        of the matrix's defenses on the teacher in teacher_dir."""
+        from experiments.erase import recorded_config, recorded_defaults
+
+        cells = []
+        for defense in self.cfg.defenses:
+            try:
+                dcfg = self.defense_config(defense, seed)
+                expected = {"defense": recorded_config(dcfg)}
+            except InputError as e:
+                dcfg, expected = e, None
+            cells.append((defense, self.out / "defenses" / f"{teacher_dir.name}-{defense}", dcfg, expected,
+                          recorded_defaults(defense)))
+        return cells
+
+    def clean_cell(self, dataset: str, model: str, width: float, seed: int, defaults: dict | None,
+                   teacher_ready: bool, defenses_done: bool) -> str:
+        """Trains (or reuses) the clean model an attack optimised on a clean model (LC, TrojanNN, LF)
+        needs and returns its run directory. `defaults`: the teacher's (`teacher_defaults`).
+        `teacher_ready`: the teacher is finished, so the archived clean model serves without its
+        weights unless `defenses_done` is False (PBE's rebuilt LC poisoning reads it,
+        `pbe.clean_run_dir`)."""
         from experiments.train import train_clean
 
+        clean_dir = self.out / "teachers" / teacher_name(dataset, model, "clean", seed)
+        # The teachers' config (same recipe and overrides); train_clean reads only the dataset, model,
+        # width, train, num_devices, stop_after_steps and out fields.
+        clean_cfg = self.teacher_config(dataset, model, width, "badnets", seed, None)
+        clean_cfg.out = str(clean_dir)
+        try:
+            clean_expected = teacher_settings(clean_cfg, with_attack=False)
+        except InputError:  # a bad training override: train_clean reports it as the cell's failure
+            clean_expected = None
+        clean_archived_ok = teacher_ready or has_weights(self.archived(clean_dir))
+        clean = self.cell(clean_dir, lambda: train_clean(clean_cfg), expected_subset=clean_expected,
+                          archived_ok=clean_archived_ok, defaults=defaults,
+                          weights=self.keep_weights and not (teacher_ready and defenses_done))
+        return clean["run"]
+
+    def teacher_cell(self, dataset: str, model: str, width: float, attack: str, seed: int,
+                     defenses_done: bool) -> tuple[dict, str | None]:
+        """Trains (or reuses) the backdoored teacher of one matrix row, after the clean model it
+        needs, if any (`clean_cell`): (its cell row, the clean model's run directory or None). An
+        archived teacher serves while no defense cell has to run on it (`defenses_done`), or with its
+        weights; one with defense cells still to run is archived with its weights."""
+        from experiments.attack import run_attack
+
+        teacher_dir = self.out / "teachers" / teacher_name(dataset, model, attack, seed)
+        archived_ok = (bool(self.cfg.get("reuse_only")) or defenses_done or has_weights(self.archived(teacher_dir)))
+        defaults = self.teacher_defaults(dataset, attack)
+        try:
+            tcfg = self.teacher_config(dataset, model, width, attack, seed, None)
+            tcfg.out = str(teacher_dir)
+            expected = teacher_settings(tcfg)
+        except InputError as e:  # a bad override: the cell fails before anything runs
+            return {"run": str(teacher_dir), "status": "failed", "error": str(e)}, None
+        clean_run = None
+        if get_attack(entry_options(attack)[0]).needs_clean_model:
+            # The clean model matters only to a teacher that has to be trained (and to PBE's rebuilt
+            # LC poisoning): the archived one serves the others.
+            teacher_ready = self.finished(teacher_dir, expected_subset=expected, archived_ok=archived_ok,
+                                          defaults=defaults) is not None
+            clean_run = tcfg.clean_run = self.clean_cell(dataset, model, width, seed, defaults, teacher_ready,
+                                                          defenses_done)
+        try:
+            return self.cell(teacher_dir, lambda: run_attack(tcfg), expected_subset=expected, archived_ok=archived_ok,
+                             defaults=defaults, weights=self.keep_weights and not defenses_done), clean_run
+        except InputError as e:
+            return {"run": str(teacher_dir), "status": "failed", "error": str(e)}, clean_run
+
+    def defense_cell(self, defense: str, defense_dir: Path, dcfg, expected: dict | None, defaults: dict | None,
+                     teacher: dict) -> dict:
+        """Runs (or reuses) one defense cell (an entry of `defense_cells`) on `teacher` (its cell
+        row): 'failed' for a bad override, 'skipped' while the teacher is not finished."""
+        from experiments.erase import erase_run
+
+        if isinstance(dcfg, InputError):
+            return {"run": str(defense_dir), "status": "failed", "error": str(dcfg)}
+        if teacher["status"] != "complete":
+            return {"run": str(defense_dir), "status": "skipped", "error": "teacher not finished"}
+        try:
+            return self.cell(defense_dir, lambda: erase_run(defense, teacher["run"], dcfg, str(defense_dir)),
+                             expected_config=expected, defaults=defaults, teacher=teacher_identity(Path(teacher["run"])))
+        except InputError as e:
+            return {"run": str(defense_dir), "status": "failed", "error": str(e)}
+
+    def run(self) -> list[dict]:
+        """Runs (or reuses) every cell: per dataset, model, attack and seed the teacher (after its
+        clean model, if it needs one), then each defense on it; returns the result rows."""
         plan = [(d, m.name, float(m.width), a, int(s)) for d in self.cfg.datasets for m in self.cfg.models
                 for a in self.cfg.attacks for s in self.cfg.seeds]
         rows = []
@@ -501,83 +586,19 @@ class Matrix:
             name, mode, poisoning = entry_options(attack)
             ids = {"dataset": dataset, "model": f"{model} x{width:g}", "seed": seed,
                    "attack": attack_label({"name": name, "mode": mode, "poisoning": poisoning})}
-            # Each defense cell's directory, config and recorded settings (or a bad override's InputError).
-            defense_cells = []
-            for defense in self.cfg.defenses:
-                try:
-                    dcfg = self.defense_config(defense, seed)
-                    expected = {"defense": recorded_config(dcfg)}
-                except InputError as e:
-                    dcfg, expected = e, None
-                defaults = recorded_defaults(defense)
-                defense_cells.append((defense, self.out / "defenses" / f"{teacher_dir.name}-{defense}", dcfg,
-                                      expected, defaults))
-            # An archived teacher serves while no defense cell has to run on it, or with its weights.
+            cells = self.defense_cells(teacher_dir, seed)
             archived_teacher = teacher_identity(self.archived(teacher_dir))
             defenses_done = all(
                 expected is None or self.finished(ddir, expected_config=expected, defaults=defaults,
                                                   teacher=archived_teacher) is not None
-                for _, ddir, _, expected, defaults in defense_cells)
-            teacher_archived_ok = (bool(self.cfg.get("reuse_only")) or defenses_done
-                                   or has_weights(self.archived(teacher_dir)))
-            # A teacher with defense cells still to run is archived with its weights.
-            keep_weights = self.keep_weights and not defenses_done
-            teacher_defaults = self.teacher_defaults(dataset, attack)
-            clean_run = None
-            try:
-                tcfg = self.teacher_config(dataset, model, width, attack, seed, None)
-                tcfg.out = str(teacher_dir)
-                expected_teacher = teacher_settings(tcfg)
-            except InputError as e:
-                tcfg, expected_teacher = e, None
-            if get_attack(name).needs_clean_model:
-                clean_dir = self.out / "teachers" / teacher_name(dataset, model, "clean", seed)
-                # The teachers' config (same recipe and overrides); train_clean reads only the
-                # dataset, model, width, train, num_devices, stop_after_steps and out fields.
-                clean_cfg = self.teacher_config(dataset, model, width, "badnets", seed, None)
-                clean_cfg.out = str(clean_dir)
-                try:
-                    clean_expected = teacher_settings(clean_cfg, with_attack=False)
-                except InputError:  # a bad training override: train_clean reports it as the cell's failure
-                    clean_expected = None
-                # The clean model matters only to a teacher that has to be trained (and to PBE's
-                # rebuilt LC poisoning, `pbe.clean_run_dir`): the archived one serves the others.
-                teacher_ready = expected_teacher is not None and self.finished(
-                    teacher_dir, expected_subset=expected_teacher, archived_ok=teacher_archived_ok,
-                    defaults=teacher_defaults) is not None
-                clean_archived_ok = teacher_ready or has_weights(self.archived(clean_dir))
-                clean = self.cell(clean_dir, lambda: train_clean(clean_cfg), expected_subset=clean_expected,
-                                  archived_ok=clean_archived_ok, defaults=teacher_defaults,
-                                  weights=self.keep_weights and not (teacher_ready and defenses_done))
-                clean_run = clean["run"]
-                if not isinstance(tcfg, InputError):
-                    tcfg.clean_run = clean_run
-            if isinstance(tcfg, InputError):  # a bad override: the cell fails before anything runs
-                teacher = {"run": str(teacher_dir), "status": "failed", "error": str(tcfg)}
-            else:
-                try:
-                    teacher = self.cell(teacher_dir, lambda: run_attack(tcfg), expected_subset=expected_teacher,
-                                        archived_ok=teacher_archived_ok, defaults=teacher_defaults,
-                                        weights=keep_weights)
-                except InputError as e:
-                    teacher = {"run": str(teacher_dir), "status": "failed", "error": str(e)}
+                for _, ddir, _, expected, defaults in cells)
+            teacher, clean_run = self.teacher_cell(dataset, model, width, attack, seed, defenses_done)
             rows.append(self.result_row(ids, "none", teacher))
             bar.update(1)
             outcomes = []
-            for defense, defense_dir, dcfg, expected, defaults in defense_cells:
-                if isinstance(dcfg, InputError):
-                    outcome = {"run": str(defense_dir), "status": "failed", "error": str(dcfg)}
-                elif teacher["status"] != "complete":
-                    outcome = {"run": str(defense_dir), "status": "skipped", "error": "teacher not finished"}
-                else:
-                    try:
-                        outcome = self.cell(defense_dir, lambda: erase_run(defense, teacher["run"], dcfg,
-                                                                           str(defense_dir)),
-                                            expected_config=expected, defaults=defaults,
-                                            teacher=teacher_identity(Path(teacher["run"])))
-                    except InputError as e:
-                        outcome = {"run": str(defense_dir), "status": "failed", "error": str(e)}
-                rows.append(self.result_row(ids, defense, outcome))
+            for cell in cells:
+                outcome = self.defense_cell(*cell, teacher)
+                rows.append(self.result_row(ids, cell[0], outcome))
                 outcomes.append(outcome["status"])
                 bar.update(1)
             if self.release and teacher["status"] == "complete" and all(s == "complete" for s in outcomes):
