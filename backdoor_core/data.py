@@ -113,13 +113,14 @@ def load_split(source: str, split: str) -> Split:
         raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     source = str(source)
     path = Path(source).expanduser()
+    where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
     if path.suffix == ".npz":
         if not path.is_file():
-            raise InputError(f"dataset file {path} does not exist; expected an .npz with x_train/y_train/x_test/y_test")
+            raise InputError(f"dataset file {path} does not exist{where}; expected an .npz with x_train/y_train/x_test/y_test")
         return _load_npz(path, split)
     if source.endswith((".tar.gz", ".tgz")) or path.is_dir():
         if not path.exists():
-            raise InputError(f"dataset {path} does not exist; expected an image folder NAME/{{train,test}}/<class>/* or its .tar.gz")
+            raise InputError(f"dataset {path} does not exist{where}; expected an image folder NAME/{{train,test}}/<class>/* or its .tar.gz")
         return _load_cached_folder(path, split)
     if source in TFDS_NAMES:
         return _load_tfds(source, split)

@@ -104,13 +104,53 @@ def unknown_setting_message(error: BaseException, argv, default: str | None = No
     return message
 
 
+# The checkout this package runs from (an editable install): the shipped config files are found
+# from any working directory.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def resolve_config_spec(spec: str) -> str:
+    """A `--config` value `FILE[:VARIANT]` with FILE as given where it exists, else, for a relative
+    FILE that exists in the checkout (the shipped `experiments/configs/...` the docs name), that
+    file's absolute path. Raises InputError naming the file where neither exists."""
+    file, colon, variant = spec.partition(":")
+    if Path(file).expanduser().is_file():
+        return spec
+    shipped = CHECKOUT / file
+    if not Path(file).is_absolute() and shipped.is_file():
+        return f"{shipped}{colon}{variant}"
+    where = "" if Path(file).is_absolute() else f" in {Path.cwd()} or in the checkout {CHECKOUT}"
+    raise InputError(f"--config {spec}: no config file {file}{where}; expected a Python file with get_config(), "
+                     "e.g. experiments/configs/attack_base.py")
+
+
+def resolve_config_argv(argv: list[str]) -> list[str]:
+    """argv with the value of each `--config FILE[:VARIANT]` / `--config=...` resolved by
+    `resolve_config_spec` (the `--config.NAME=...` overrides untouched)."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config_spec(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(out) and i > 0:
+            out[i + 1] = resolve_config_spec(out[i + 1])
+    return out
+
+
 def define_config_flag(default: str | None, help_text: str):
     """`config_flags.DEFINE_config_file("config", default, help_text)`, whose overrides on the
     command line name settings that exist. With a default file ml_collections applies the
     overrides already here, else while absl parses the flags (`parse_flags`): either way a
-    misspelt setting exits with one line 'error: ...' and status 2, not a traceback."""
+    misspelt setting exits with one line 'error: ...' and status 2, not a traceback. The default
+    and a `--config` file on the command line (sys.argv, rewritten in place) are found from any
+    working directory (`resolve_config_spec`); one that exists nowhere is one line, status 2."""
     from ml_collections import config_flags
 
+    try:
+        sys.argv[:] = resolve_config_argv(sys.argv)
+        default = resolve_config_spec(default) if default is not None else None
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         return config_flags.DEFINE_config_file("config", default, help_text)
     except (KeyError, AttributeError) as e:

@@ -61,17 +61,40 @@ def test_cli_bad_names_give_one_line(tmp_path, override, message):
     # ... and those of a file given on the command line while absl parses the flags
     (["experiments.erase", "--defense", "dhbe", "--run", "RUN", "--config", "experiments/configs/erase_dhbe.py:cpu",
       "--config.dhbe.ngff=3"], "error: --config.dhbe.ngff: the config has no setting 'ngff' (Did you mean \"ngf\""),
+    # a config file that exists neither in the working directory nor in the checkout
+    (["experiments.attack", "--config=experiments/configs/attack_nope.py:cpu"],
+     "error: --config experiments/configs/attack_nope.py:cpu: no config file experiments/configs/attack_nope.py in "),
 ])
 def test_a_misspelt_config_setting_gives_one_line(tmp_path, args, message):
-    # It used to end a traceback from inside ml_collections (KeyError / AttributeError).
+    # It used to end a traceback from inside ml_collections (KeyError / AttributeError). Run from
+    # another folder than the checkout: the default config files and the shipped ones the docs name
+    # (experiments/configs/...) are found from there too (a traceback until 2026-12-06).
     out = tmp_path / "run"
     args = [a.replace("RUN", str(tmp_path / "no_run")) for a in args]
     proc = subprocess.run([sys.executable, "-m", *args, f"--config.out={out}" if "erase" not in args[0] else
-                           f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           f"--out={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_config_file_in_the_working_directory_comes_before_the_checkouts(tmp_path, monkeypatch):
+    from experiments.common import CHECKOUT, resolve_config_argv, resolve_config_spec
+
+    monkeypatch.chdir(tmp_path)
+    shipped = "experiments/configs/erase_pbe.py"
+    assert resolve_config_spec(f"{shipped}:cpu") == f"{CHECKOUT / shipped}:cpu"
+    (tmp_path / shipped).parent.mkdir(parents=True)
+    (tmp_path / shipped).write_text("def get_config(variant=None):\n    return None\n")  # the user's own copy
+    assert resolve_config_spec(f"{shipped}:cpu") == f"{shipped}:cpu"
+    argv = ["erase", "--config", "experiments/configs/erase_dhbe.py", "--config.dhbe.iterations=2",
+            "--config=experiments/configs/erase_aft.py:paper"]
+    assert resolve_config_argv(argv) == ["erase", "--config", str(CHECKOUT / "experiments/configs/erase_dhbe.py"),
+                                         "--config.dhbe.iterations=2",
+                                         f"--config={CHECKOUT / 'experiments/configs/erase_aft.py'}:paper"]
+    with pytest.raises(InputError, match="no config file /nowhere/x.py; expected"):
+        resolve_config_spec("/nowhere/x.py")
 
 
 def test_a_negative_stop_is_refused_before_the_run(tmp_path):
