@@ -329,3 +329,7 @@ def main(argv=None) -> int:
         args.out.write_text(table)
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """The training entry point: runs on the shipped data; bad input gives one clear line."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -106,3 +107,19 @@ def test_a_negative_stop_is_refused_before_the_run(tmp_path):
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "run: stop_after_steps = -1; expected None (run to the end) or an integer >= 0" in proc.stderr
         assert "Traceback" not in proc.stderr and not out.exists()
+
+
+COMMANDS = ("attack", "train", "erase", "run", "detect", "table", "import_model", "export_model", "list", "bench")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_runs_as_a_module(tmp_path, command):
+    # `python -m experiments.X --help` from outside the checkout prints the command's usage: a module
+    # without its `if __name__ == "__main__"` call (experiments.detect lost it for a moment on
+    # 2026-12-06) printed nothing and exited 0.
+    proc = subprocess.run([sys.executable, "-m", f"experiments.{command}", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode in (0, 1)  # absl's --help exits 1, argparse's 0
+    first_line = importlib.import_module(f"experiments.{command}").__doc__.strip().splitlines()[0]
+    assert first_line.rstrip(".") in " ".join(proc.stdout.split()) or "models (" in proc.stdout, proc.stdout[:500]
