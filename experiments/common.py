@@ -158,14 +158,45 @@ def define_config_flag(default: str | None, help_text: str):
 
 
 def parse_flags(argv):
-    """absl's flag parsing (`app.parse_flags_with_usage`), for `app.run(..., flags_parser=parse_flags)`,
-    with an override that names no setting reported as one line (see `define_config_flag`)."""
-    from absl import app
+    """absl's flag parsing, for `app.run(..., flags_parser=parse_flags)`, where every bad flag is one
+    line 'error: ...' and status 2: an override that names no setting (see `define_config_flag`), a
+    value of the wrong type, a `--config` file that cannot be loaded (`config_file_error`), an
+    unknown flag (absl's own message, without its pointer to --helpfull)."""
+    from absl import flags
 
     try:
-        return app.parse_flags_with_usage(argv)
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = config_file_error(str(e)) or str(e).strip().splitlines()[0]
     except (KeyError, AttributeError) as e:
-        _exit_unknown_setting(e, argv, None)
+        message = (unknown_setting_message(e, argv) or missing_get_config_message(e, argv))
+        if message is None:
+            raise
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def config_file_error(text: str) -> str | None:
+    """One line for absl's IllegalFlagValueError `text` when ml_collections failed to load a
+    `--config FILE[:VARIANT]` (an unknown variant): the flag's value and the error the file raised,
+    its traceback dropped; None for another error."""
+    if "Error whilst parsing config file" not in text:
+        return None
+    head = text.split(": Error whilst parsing config file", 1)[0]
+    value = head.split("=", 1)[1] if "=" in head else head
+    last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+    return f"--config {value.strip()}: {last}"
+
+
+def missing_get_config_message(error: BaseException, argv) -> str | None:
+    """One line for the AttributeError ml_collections lets through when the `--config` file in
+    argv has no get_config(); None for another error."""
+    if "has no attribute 'get_config'" not in str(error):
+        return None
+    given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    given += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    spec = given[-1] if given else "?"
+    return f"--config {spec}: the file defines no get_config(); expected a config file like experiments/configs/attack_base.py"
 
 
 def _exit_unknown_setting(error: BaseException, argv, default: str | None):

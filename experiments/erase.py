@@ -36,6 +36,7 @@ def erase_run(defense: str, run: str, cfg=None, out: str | None = None) -> dict:
     if not run:
         raise InputError("no --run given; expected the directory of a finished attack run")
     cfg = cfg if cfg is not None else default_config(defense)
+    check_config_is_for(defense, cfg)
     attack_run = load_attack_run(output_dir(run))
     out_dir = output_dir(out) if out else Path(str(attack_run.run_dir) + f"-{defense}")
     mesh = make_mesh(cfg.get("num_devices"))
@@ -48,6 +49,17 @@ def erase_run(defense: str, run: str, cfg=None, out: str | None = None) -> dict:
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"{defense}: {out_dir}  {shown or metrics}")
     return metrics
+
+
+def check_config_is_for(defense: str, cfg) -> None:
+    """Raises InputError when `cfg` names another defense (its `defense` field) than the one the
+    defense's own config module names (DFAD shares DHBE's): another defense's file given as --config
+    used to end in an AttributeError for the missing section."""
+    own = default_config(defense).get("defense")
+    given = cfg.get("defense")
+    if own is not None and given is not None and given != own:
+        raise InputError(f"--config is a config for defense {given!r}; expected one for {defense!r} "
+                         f"(module {config_module(defense)}, with a variant and overrides)")
 
 
 def recorded_config(cfg) -> dict:

@@ -62,11 +62,19 @@ def test_cli_bad_names_give_one_line(tmp_path, override, message):
     # ... and those of a file given on the command line while absl parses the flags
     (["experiments.erase", "--defense", "dhbe", "--run", "RUN", "--config", "experiments/configs/erase_dhbe.py:cpu",
       "--config.dhbe.ngff=3"], "error: --config.dhbe.ngff: the config has no setting 'ngff' (Did you mean \"ngf\""),
-    # a config file that exists neither in the working directory nor in the checkout
+    # a config file that exists neither in the working directory nor in the checkout, an unknown
+    # variant (absl's "FATAL Flags parsing error" with ml_collections' traceback and the flags' help),
+    # a value of the wrong type, another defense's config file (an AttributeError)
     (["experiments.attack", "--config=experiments/configs/attack_nope.py:cpu"],
      "error: --config experiments/configs/attack_nope.py:cpu: no config file experiments/configs/attack_nope.py in "),
+    (["experiments.erase", "--defense", "pbe", "--run", "RUN", "--config", "experiments/configs/erase_pbe.py:nosuch"],
+     "erase_pbe.py:nosuch: ValueError: unknown PBE config variant 'nosuch'; expected one of ['cpu', 'paper', 'smoke']"),
+    (["experiments.train", "--config.train.epochs=x"],
+     "error: flag --config.train.epochs=x: invalid literal for int() with base 10: 'x'"),
+    (["experiments.erase", "--defense", "pbe", "--run", "RUN", "--config", "experiments/configs/erase_dhbe.py:smoke"],
+     "error: --config is a config for defense 'dhbe'; expected one for 'pbe' (module experiments.configs.erase_pbe"),
 ])
-def test_a_misspelt_config_setting_gives_one_line(tmp_path, args, message):
+def test_a_bad_config_gives_one_line(tmp_path, args, message):
     # It used to end a traceback from inside ml_collections (KeyError / AttributeError). Run from
     # another folder than the checkout: the default config files and the shipped ones the docs name
     # (experiments/configs/...) are found from there too (a traceback until 2026-12-06).
