@@ -164,12 +164,23 @@ def _source_key(path: Path) -> str:
     (SHA-1 of its bytes: 0.03 s for CIFAR-10's 20 MB here), so a copy of it elsewhere, or the same
     file copied afresh with a new mtime (a machine whose shared data is re-created for each
     session), hits the cache instead of decoding and storing another ~0.4 GB; a folder by its
-    path, size and mtime."""
+    path and every file below it (`_folder_listing`), so an image replaced, added or removed in a
+    class folder is decoded again (keyed by the folder's own mtime until 2026-12-06, which such
+    changes leave alone: the cache then served the old images)."""
     stat = path.stat()
     if path.is_file():
         return _content_key(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    text = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    return hashlib.sha1(f"{path.resolve()}\n{_folder_listing(path)}".encode()).hexdigest()[:12]
+
+
+def _folder_listing(root: Path) -> str:
+    """One line 'relative path:size:mtime_ns' per file below `root`, sorted (stat only, no reads)."""
+    lines = []
+    for directory, _, names in os.walk(root):
+        for name in names:
+            stat = os.stat(os.path.join(directory, name))
+            lines.append(f"{os.path.relpath(os.path.join(directory, name), root)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "\n".join(sorted(lines))
 
 
 @functools.lru_cache(maxsize=16)
@@ -243,7 +254,6 @@ def _find_split_dir(root: Path, split: str) -> Path:
 
 def _read_image_folder(split_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Decodes split_dir/<class>/* into uint8 [N, H, W, C], int32 [N] and sorted class names."""
-    from PIL import Image
     from tqdm import tqdm
 
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
@@ -256,16 +266,30 @@ def _read_image_folder(split_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[s
         labels += [label] * len(found)
     if not files:
         raise InputError(f"dataset folder {split_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
-    with Image.open(files[0]) as first:
+    with _open_image(files[0]) as first:
         mode = "L" if first.mode in ("L", "1", "I;16", "I") else "RGB"
         size = first.size
     images = np.empty((len(files), size[1], size[0], 1 if mode == "L" else 3), np.uint8)
     for i, f in enumerate(tqdm(files, desc=f"decoding {split_dir}", leave=False, mininterval=2)):
-        with Image.open(f) as im:
+        with _open_image(f) as im:
             if im.size != size:
                 raise InputError(f"image {f} is {im.size[0]}x{im.size[1]}; expected {size[0]}x{size[1]} like the first image")
-            images[i] = np.asarray(im.convert(mode)).reshape(images.shape[1:])
+            try:
+                images[i] = np.asarray(im.convert(mode)).reshape(images.shape[1:])
+            except OSError as e:  # a file cut short: the header read, the pixels not
+                raise InputError(f"image {f} could not be decoded ({e}); expected a readable image file") from None
     return images, np.asarray(labels, np.int32), tuple(classes)
+
+
+def _open_image(path: Path):
+    """PIL's Image.open(path), with a file that is not an image (or cannot be opened) as an InputError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"image {path} could not be read ({type(e).__name__}); expected a PNG or JPEG file "
+                         "(or remove it from the class folder)") from None
 
 
 def _load_tfds(name: str, split: str) -> Split:

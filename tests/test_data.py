@@ -215,3 +215,38 @@ def test_a_half_extracted_folder_is_replaced(tmp_path, monkeypatch):
     (target / "pets" / "train" / "cat" / "0.png").write_bytes(b"truncated")
     data._extract_archive(archive)
     np.testing.assert_array_equal(load_split(str(archive), "train").images, written["train"][0])
+
+
+def test_a_folder_changed_inside_its_class_folders_is_decoded_again(tmp_path, monkeypatch):
+    # The cache knew a folder by its path and its own mtime, which replacing, adding or removing an
+    # image in a class folder leaves alone: the old images were served (until 2026-12-06).
+    monkeypatch.setenv("BACKDOOR_CACHE", str(tmp_path / "cache"))
+    written = make_folder(tmp_path / "pets")
+    load_split(str(tmp_path / "pets"), "train")
+    decoded = []
+    real = data._read_image_folder
+    monkeypatch.setattr(data, "_read_image_folder", lambda d: decoded.append(d) or real(d))
+    np.testing.assert_array_equal(load_split(str(tmp_path / "pets"), "train").images, written["train"][0])
+    assert decoded == []  # unchanged: from the cache
+    folder_mtime = os.stat(tmp_path / "pets").st_mtime_ns
+    new = np.full((8, 8, 3), 7, np.uint8)
+    Image.fromarray(new).save(tmp_path / "pets" / "train" / "dog" / "1.png")
+    assert os.stat(tmp_path / "pets").st_mtime_ns == folder_mtime
+    images = load_split(str(tmp_path / "pets"), "train").images
+    assert len(decoded) == 1
+    np.testing.assert_array_equal(images[4], new)  # dog/1.png: cat 0-2, dog 0-2
+    (tmp_path / "pets" / "train" / "dog" / "2.png").unlink()
+    assert len(load_split(str(tmp_path / "pets"), "train").images) == 5 and len(decoded) == 2
+
+
+def test_an_unreadable_image_names_its_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKDOOR_CACHE", str(tmp_path / "cache"))
+    make_folder(tmp_path / "pets", shape=(32, 32, 3))
+    (tmp_path / "pets" / "train" / "cat" / "x.png").write_text("not an image")
+    with pytest.raises(InputError, match=r"image .*cat/x.png could not be read \(UnidentifiedImageError\)"):
+        load_split(str(tmp_path / "pets"), "train")
+    (tmp_path / "pets" / "train" / "cat" / "x.png").unlink()
+    cut = tmp_path / "pets" / "train" / "dog" / "1.png"
+    cut.write_bytes(cut.read_bytes()[:200])  # the header intact, the pixels cut short
+    with pytest.raises(InputError, match=r"image .*dog/1.png could not be decoded \(image file is truncated"):
+        load_split(str(tmp_path / "pets"), "train")
