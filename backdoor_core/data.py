@@ -21,6 +21,7 @@ import os
 import shutil
 import tarfile
 import uuid
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -230,7 +231,7 @@ def _extract_archive(path: Path) -> Path:
         with tarfile.open(path) as tar:
             tar.extractall(tmp, filter="data")
         (tmp / ".complete").touch()
-    except (tarfile.TarError, OSError) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:  # EOFError: an archive cut short
         shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"dataset archive {path} could not be extracted ({e}); expected a .tar.gz of an image folder") from None
     if target.exists() and not (target / ".complete").exists():

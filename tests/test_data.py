@@ -250,3 +250,14 @@ def test_an_unreadable_image_names_its_file(tmp_path, monkeypatch):
     cut.write_bytes(cut.read_bytes()[:200])  # the header intact, the pixels cut short
     with pytest.raises(InputError, match=r"image .*dog/1.png could not be decoded \(image file is truncated"):
         load_split(str(tmp_path / "pets"), "train")
+
+
+def test_an_archive_cut_short_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    # tarfile raised EOFError, which went through as a traceback and left the half-extracted folder.
+    monkeypatch.setenv("BACKDOOR_CACHE", str(tmp_path / "cache"))
+    make_folder(tmp_path / "src" / "pets", shape=(32, 32, 3), per_class=20)
+    archive = make_archive(tmp_path)
+    archive.write_bytes(archive.read_bytes()[:len(archive.read_bytes()) // 2])
+    with pytest.raises(InputError, match="pets.tar.gz could not be extracted"):
+        load_split(str(archive), "train")
+    assert list((tmp_path / "cache" / "extracted").iterdir()) == []
