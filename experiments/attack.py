@@ -70,15 +70,36 @@ def save_examples(path: Path, result: BackdoorResult, test, config: AttackConfig
     plt.close(fig)
 
 
+def load_clean_model(clean_run: str, train) -> TrainedModel:
+    """The clean model an optimised trigger (TrojanNN, LC, LF) is made on: the run directory of an
+    `experiments.train` run whose classes are those of `train` (the attack's training split).
+    Raises InputError for an attack or defense run (a backdoored model: the trigger would be
+    optimised on its backdoor) or another number of classes; a model trained on another dataset
+    of the same shape is only reported, as it may be deliberate (a surrogate model)."""
+    run_dir = output_dir(clean_run)
+    record = rundir.read_record(run_dir)
+    if record.get("kind", "train") != "train":
+        raise InputError(f"--clean_run {clean_run} is an {record.get('kind')!r} run; expected a clean model trained "
+                         "by experiments.train")
+    model = TrainedModel(*rundir.load_model(run_dir))
+    if model.spec.num_classes != train.num_classes:
+        raise InputError(f"--clean_run {clean_run} classifies {model.spec.num_classes} classes, the dataset has "
+                         f"{train.num_classes}; expected a clean model of this dataset")
+    if record.get("dataset") != train.name:
+        print(f"note: the clean model {clean_run} was trained on {record.get('dataset')!r}, the attack runs on "
+              f"{train.name!r}", file=sys.stderr)
+    return model
+
+
 def run_attack(cfg) -> BackdoorResult:
     """Loads cfg.dataset, trains cfg.model backdoored by cfg.attack into cfg.out, plots examples."""
     config = attack_config(cfg)
     train_config = dataclass_from_config(TrainConfig, cfg.train).validate()
     if cfg.model not in MODELS:
         raise InputError(f"unknown model {cfg.model!r}; expected one of {', '.join(MODELS)}")
-    clean_model = TrainedModel(*rundir.load_model(output_dir(cfg.clean_run))) if cfg.clean_run else None
     mesh = make_mesh(cfg.num_devices)
     train, test = load_dataset(cfg.dataset)
+    clean_model = load_clean_model(cfg.clean_run, train) if cfg.clean_run else None
     prepare_attack(config, train.image_shape, train.num_classes)  # data-dependent checks, before any output
     record = {"dataset_source": str(cfg.dataset), "class_names": list(train.class_names),
               "clean_run": cfg.clean_run}

@@ -265,3 +265,23 @@ def test_config_files_load():
     assert cfg.model == "preact_resnet18" and cfg.width == 0.25 and cfg.poison_ratio == 0.1 and cfg.target == 0
     assert cfg.train.epochs == 15 and cfg.train.learning_rate == 0.1
     assert json.loads(json.dumps(cfg.params.to_dict()))["blended"] == {"alpha": 0.2, "pattern": "noise"}
+
+
+def test_the_clean_model_of_an_optimised_trigger_must_be_a_clean_run(mnist_subset, badnets_run, clean_digits_fit,
+                                                                     capsys):
+    # An attack run was taken as LC's "clean" model, its trigger then made on a backdoored model.
+    from experiments.attack import load_clean_model
+
+    train = digits_3000(mnist_subset[0])
+    with pytest.raises(InputError, match="is an 'attack' run; expected a clean model trained by experiments.train"):
+        load_clean_model(str(badnets_run), train)
+    clean_run = clean_digits_fit[2]
+    model = load_clean_model(str(clean_run), train)
+    assert model.spec.num_classes == 10 and "note:" not in capsys.readouterr().err
+    five = train.subset(np.flatnonzero(train.labels < 5))
+    five = dataclasses.replace(five, class_names=five.class_names[:5])
+    with pytest.raises(InputError, match="classifies 10 classes, the dataset has 5"):
+        load_clean_model(str(clean_run), five)
+    renamed = dataclasses.replace(train, name="fashion")
+    load_clean_model(str(clean_run), renamed)  # same shape and classes, another dataset: a note only
+    assert "was trained on 'mnist_subset', the attack runs on 'fashion'" in capsys.readouterr().err
