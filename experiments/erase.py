@@ -4,7 +4,7 @@
       [--config experiments/configs/erase_dhbe.py:cpu] [--config.dhbe.iterations=N] [--out DIR]
 
 Without --config the defense's own config file is used with its `paper` variant (the papers'
-settings). The output directory (default: RUN_DIR-DEFENSE) gets record.json, history.jsonl,
+settings), and `--config.X=...` overrides apply to it. The output directory (default: RUN_DIR-DEFENSE) gets record.json, history.jsonl,
 checkpoints/, the purified model/, curves and sample grids. Running the same command again
 resumes an unfinished run; a finished one is never overwritten.
 """
@@ -12,6 +12,8 @@ resumes an unfinished run; a finished one is never overwritten.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from pathlib import Path
 
 from absl import app, flags
@@ -32,6 +34,8 @@ def default_config(defense: str):
 
 def erase_run(defense: str, run: str, cfg=None, out: str | None = None) -> dict:
     """Loads the attack run, opens the defense's run directory and runs the defense."""
+    if not defense:
+        raise InputError(f"no --defense given; expected one of {', '.join(DEFENSES)}")
     defense_fn = defense_function(defense)
     if not run:
         raise InputError("no --run given; expected the directory of a finished attack run")
@@ -76,12 +80,33 @@ def recorded_defaults(defense: str) -> dict:
     return {"defense": recorded_config(default_config(defense))}
 
 
+def implied_config_file(argv) -> str | None:
+    """'FILE:paper' for the config module of the defense that `--defense NAME` in argv names (its
+    file, found without importing it), so that `--config.X=...` overrides work without --config;
+    None without --defense. Raises InputError for an unknown defense name."""
+    names = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--defense=")]
+    names += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--defense"]
+    if not names:
+        return None
+    module = config_module(names[-1])
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a plugin's module that cannot be found: erase_run reports it
+        return None
+    return f"{spec.origin}:paper" if spec is not None and spec.origin else None
+
+
 def main():
     """Parses the flags (defined here, not at import, so entry points can be imported together)."""
     defense = flags.DEFINE_string("defense", None, f"one of {', '.join(DEFENSES)}")
     run = flags.DEFINE_string("run", None, "the attack run directory to purify")
     out = flags.DEFINE_string("out", None, "output run directory (default RUN-DEFENSE)")
-    config = define_config_flag(None, "defense config file[:variant]")
+    try:
+        implied = implied_config_file(sys.argv)
+    except InputError as e:  # before absl, which would call the overrides unknown flags
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    config = define_config_flag(implied, "defense config file[:variant] (default: the --defense's own, `paper` variant)")
     app.run(flags_parser=parse_flags,
             main=lambda argv: run_cli(lambda: erase_run(defense.value, run.value, config.value, out.value)))
 

@@ -423,10 +423,12 @@ class Matrix:
             status = "complete" if is_complete(run_dir) else "stopped"
             row = {"run": key, "status": status, "seconds": round(earlier + time.perf_counter() - start, 1)}
         except Exception as e:  # a failing cell is reported; the matrix goes on
-            detail = traceback.format_exc(limit=8)
             row = {"run": key, "status": "failed", "seconds": round(earlier + time.perf_counter() - start, 1),
                    "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
-            tqdm.write(f"cell failed: {key}\n{detail}")
+            # Bad input (a missing dataset, a refused setting) is its one line; anything else a bug,
+            # shown with its traceback.
+            tqdm.write(f"cell failed: {key}: {e}" if isinstance(e, InputError) else
+                       f"cell failed: {key}\n{traceback.format_exc(limit=8)}")
         if incomplete:
             row["time_incomplete"] = True
         with self.log_path.open("a") as f:

@@ -131,3 +131,21 @@ def test_every_command_runs_as_a_module(tmp_path, command):
     assert proc.returncode in (0, 1)  # absl's --help exits 1, argparse's 0
     first_line = importlib.import_module(f"experiments.{command}").__doc__.strip().splitlines()[0]
     assert first_line.rstrip(".") in " ".join(proc.stdout.split()) or "models (" in proc.stdout, proc.stdout[:500]
+
+
+def test_erase_overrides_apply_to_the_defenses_own_config_without_a_config_flag(tmp_path):
+    # `--config.X=...` without --config was "Unknown command line flag"; an unknown or missing
+    # --defense is named as such.
+    from experiments.erase import implied_config_file
+
+    assert implied_config_file(["erase", "--defense", "clp"]) == f"{ROOT / 'experiments/configs/erase_clp.py'}:paper"
+    assert implied_config_file(["erase", "--defense=dfad"]) == f"{ROOT / 'experiments/configs/erase_dhbe.py'}:paper"
+    assert implied_config_file(["erase", "--run", "x"]) is None
+    with pytest.raises(InputError, match="unknown defense 'nosuch'; expected one of dhbe"):
+        implied_config_file(["erase", "--defense", "nosuch"])
+    for args, message in [(["--defense", "clp", "--config.clp.uu=2"], "error: --config.clp.uu: the config has no setting 'uu'"),
+                          (["--defense", "nosuch", "--config.num_devices=1"], "error: unknown defense 'nosuch'"),
+                          ([], "error: no --defense given; expected one of dhbe")]:
+        proc = subprocess.run([sys.executable, "-m", "experiments.erase", "--run", str(tmp_path / "none"), *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -684,3 +684,20 @@ def test_defense_variants_pick_a_variant_per_defense():
     assert pbe.pgd.eps == pytest.approx(32 / 255) and dhbe.dhbe.iterations == 100  # the matrix's overrides
     del matrix.cfg["defense_variants"]  # configs without the field: every defense takes `variant`
     assert matrix.defense_config("pbe").variant == "smoke"
+
+
+def test_a_cell_failing_on_bad_input_reports_one_line_and_a_bug_its_traceback(tiny_matrix, tmp_path, capsys):
+    # Every failing cell printed a traceback, a missing dataset file included.
+    matrix = Matrix(tiny_matrix)
+
+    def bad_input():
+        raise InputError("dataset file data/x.npz does not exist")
+
+    def bug():
+        raise ZeroDivisionError("a bug")
+
+    assert matrix.run_cell(tmp_path / "a", bad_input)["error"] == "InputError: dataset file data/x.npz does not exist"
+    out = capsys.readouterr().out
+    assert f"cell failed: {tmp_path / 'a'}: dataset file data/x.npz does not exist" in out and "Traceback" not in out
+    assert matrix.run_cell(tmp_path / "b", bug)["status"] == "failed"
+    assert "Traceback" in capsys.readouterr().out
