@@ -32,6 +32,7 @@ import optax
 from jax.sharding import Mesh
 
 from backdoor_core.augment import to_float
+from backdoor_core.data import check_pixels
 from backdoor_core.errors import InputError, check_settings
 from backdoor_core.sharding import check_batch_size, data_sharding, make_mesh, replicate, replicated, unroll_loops
 
@@ -225,8 +226,7 @@ def pgd_dataset(pgd_fn: PGDFn, images: np.ndarray, labels: np.ndarray, key: jax.
     images, labels = np.asarray(images), np.asarray(labels)
     if len(images) != len(labels):
         raise InputError(f"PGD: {len(images)} images but {len(labels)} labels; expected as many of each")
-    if images.dtype != np.uint8 and len(images) and (images.min() < 0 or images.max() > 1):
-        raise InputError(f"PGD: float images range over [{images.min():.3g}, {images.max():.3g}]; expected [0, 1]")
+    check_pixels(images, "PGD: images")
     n_dev = pgd_fn.mesh.devices.size
     batch_size = max(n_dev, -(-min(batch_size, max(len(images), 1)) // n_dev) * n_dev)
     out = []

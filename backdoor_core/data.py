@@ -99,6 +99,22 @@ def validate_split(images, labels, num_classes: int, what: str = "dataset") -> t
     return images, labels.astype(np.int32)
 
 
+def check_pixels(images, what: str = "images") -> None:
+    """Raises InputError unless `images` [N, ...] follow the pixel convention: uint8 in [0, 255], or
+    finite floats in [0, 1]. Integers of another type, floats outside [0, 1] (pixels in [0, 255]
+    as floats) and NaN or infinite values are named with what was found."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8 or images.size == 0:
+        return
+    if not np.issubdtype(images.dtype, np.floating):
+        raise InputError(f"{what} have dtype {images.dtype}; expected uint8 pixels in [0, 255] or floats in [0, 1]")
+    if not np.isfinite(images).all():
+        raise InputError(f"{what} hold {int((~np.isfinite(images)).sum())} NaN or infinite values; expected floats in [0, 1]")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        raise InputError(f"{what}: float pixels range over [{low:.3g}, {high:.3g}]; expected [0, 1]")
+
+
 def dataset_name(source: str) -> str:
     """Short name of a source: the tfds name, or the file/folder name without its suffixes."""
     name = Path(str(source).rstrip("/")).name

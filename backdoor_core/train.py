@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from backdoor_core.augment import crop_and_flip, to_float
-from backdoor_core.data import Split, default_augmentation
+from backdoor_core.data import Split, check_pixels, default_augmentation
 from backdoor_core.errors import check_settings, is_seed
 from backdoor_core.metrics import clean_accuracy
 from backdoor_core.sharding import make_mesh, replicate, replicated, shard_batch
@@ -197,6 +197,7 @@ def predict_logits(model: nn.Module, variables: dict, images: np.ndarray, *, mes
     Runs fixed-size batches (the last one zero-padded) split over the mesh, so one compiled
     program serves any N.
     """
+    check_pixels(images)
     mesh = mesh or make_mesh()
     batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     variables = replicate(mesh, variables)

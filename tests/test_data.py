@@ -261,3 +261,17 @@ def test_an_archive_cut_short_is_one_error_and_leaves_nothing(tmp_path, monkeypa
     with pytest.raises(InputError, match="pets.tar.gz could not be extracted"):
         load_split(str(archive), "train")
     assert list((tmp_path / "cache" / "extracted").iterdir()) == []
+
+
+def test_pixels_are_uint8_or_finite_floats_in_the_unit_range():
+    # NaN images ran through detection silently (a NaN compares False with both bounds), and int64
+    # pixels were called "float images".
+    data.check_pixels(np.zeros((2, 4, 4, 1), np.uint8))
+    data.check_pixels(np.ones((2, 4, 4, 1), np.float32))
+    data.check_pixels(np.zeros((0, 4, 4, 1), np.int64))  # nothing to check
+    for images, message in [(np.full((2, 4, 4, 1), 255, np.int64), "have dtype int64; expected uint8 pixels"),
+                            (np.full((2, 4, 4, 1), np.nan, np.float32), "hold 32 NaN or infinite values"),
+                            (np.full((2, 4, 4, 1), 255.0, np.float32), r"float pixels range over \[255, 255\]"),
+                            (np.full((2, 4, 4, 1), -0.5), r"range over \[-0.5, -0.5\]")]:
+        with pytest.raises(InputError, match=message):
+            data.check_pixels(images, "images")

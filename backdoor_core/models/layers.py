@@ -42,8 +42,9 @@ class Normalize(nn.Module):
 
     def __call__(self, x):
         if x.ndim != 4 or x.shape[-1] != len(self.mean):
-            raise InputError(f"images of shape {tuple(x.shape)} given to a model that takes {len(self.mean)}-channel "
-                             f"[N, H, W, {len(self.mean)}] images")
+            # [N, ...]: N may be a padded batch size, not the caller's number of images
+            raise InputError(f"images of shape [N, {', '.join(map(str, x.shape[1:]))}] given to a model that takes "
+                             f"{len(self.mean)}-channel [N, H, W, {len(self.mean)}] images")
         return (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
 
 
