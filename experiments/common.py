@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
@@ -259,6 +260,9 @@ def run_cli(fn: Callable[[], object]) -> None:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # the reader of stdout went away (`... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice for SIGPIPE
+        sys.exit(1)
     except KeyboardInterrupt:  # the second Ctrl-C
         print("interrupted: the work since the run's last checkpoint is lost; run the same command again to resume "
               "from it", file=sys.stderr)

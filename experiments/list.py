@@ -84,9 +84,13 @@ def format_listing(listing: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
+    import argparse
+
     from experiments.common import run_cli
 
+    # No options: --help prints this module's docstring, anything else is refused by argparse.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     run_cli(lambda: print(format_listing(registry_listing())))
 
 
