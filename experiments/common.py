@@ -57,13 +57,18 @@ def apply_shorthands(cfg, values: dict, argv) -> object:
     return cfg
 
 
+def flag_values(argv, name: str) -> list[str]:
+    """The values given to flag `--name` in argv (as `--name=V` or `--name V`), in order."""
+    return [a.split("=", 1)[1] if a.startswith(f"--{name}=") else argv[i + 2]
+            for i, a in enumerate(argv[1:]) if a.startswith(f"--{name}=") or (a == f"--{name}" and i + 2 < len(argv))]
+
+
 def _config_keys(argv, default: str | None, path: list[str]) -> list[str] | None:
     """The keys at `path` of the config file that `argv` (`--config=FILE[:VARIANT]`) or `default`
     names, or None where it cannot be read (best effort, for an error message only)."""
     import importlib.util
 
-    given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
-    given += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    given = flag_values(argv, "config")
     spec = given[-1] if given else default
     try:
         file, _, variant = spec.partition(":")
@@ -194,8 +199,7 @@ def missing_get_config_message(error: BaseException, argv) -> str | None:
     argv has no get_config(); None for another error."""
     if "has no attribute 'get_config'" not in str(error):
         return None
-    given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
-    given += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    given = flag_values(argv, "config")
     spec = given[-1] if given else "?"
     return f"--config {spec}: the file defines no get_config(); expected a config file like experiments/configs/attack_base.py"
 

@@ -21,7 +21,7 @@ from absl import app, flags
 from backdoor_core import rundir
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import make_mesh
-from experiments.common import define_config_flag, output_dir, parse_flags, run_cli
+from experiments.common import define_config_flag, flag_values, output_dir, parse_flags, run_cli
 from experiments.defenses import DEFENSES, config_module, defense_function
 from experiments.defenses.common import load_attack_run
 
@@ -84,8 +84,7 @@ def implied_config_file(argv) -> str | None:
     """'FILE:paper' for the config module of the defense that `--defense NAME` in argv names (its
     file, found without importing it), so that `--config.X=...` overrides work without --config;
     None without --defense. Raises InputError for an unknown defense name."""
-    names = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--defense=")]
-    names += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--defense"]
+    names = flag_values(argv, "defense")
     if not names:
         return None
     module = config_module(names[-1])
