@@ -149,6 +149,7 @@ def define_config_flag(default: str | None, help_text: str):
     misspelt setting exits with one line 'error: ...' and status 2, not a traceback. The default
     and a `--config` file on the command line (sys.argv, rewritten in place) are found from any
     working directory (`resolve_config_spec`); one that exists nowhere is one line, status 2."""
+    from absl import flags
     from ml_collections import config_flags
 
     try:
@@ -161,6 +162,9 @@ def define_config_flag(default: str | None, help_text: str):
         return config_flags.DEFINE_config_file("config", default, help_text)
     except (KeyError, AttributeError) as e:
         _exit_unknown_setting(e, sys.argv, default)
+    except flags.Error as e:  # e.g. a --flagfile that cannot be opened, read while the default applies
+        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
 
 
 def parse_flags(argv):

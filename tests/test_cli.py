@@ -71,6 +71,9 @@ def test_cli_bad_names_give_one_line(tmp_path, override, message):
      "erase_pbe.py:nosuch: ValueError: unknown PBE config variant 'nosuch'; expected one of ['cpu', 'paper', 'smoke']"),
     (["experiments.train", "--config.train.epochs=x"],
      "error: flag --config.train.epochs=x: invalid literal for int() with base 10: 'x'"),
+    (["experiments.attack", "--config=experiments/configs/attack_base.py:cpu"],
+     "attack_base.py:cpu: TypeError: get_config() takes 0 positional arguments but 1 was given"),
+    (["experiments.train", "--flagfile=nope.txt"], "error: ERROR:: Unable to open flagfile"),
     (["experiments.erase", "--defense", "pbe", "--run", "RUN", "--config", "experiments/configs/erase_dhbe.py:smoke"],
      "error: --config is a config for defense 'dhbe'; expected one for 'pbe' (module experiments.configs.erase_pbe"),
 ])
