@@ -79,8 +79,8 @@ def load_clean_model(clean_run: str, train) -> TrainedModel:
     run_dir = output_dir(clean_run)
     record = rundir.read_record(run_dir)
     if record.get("kind", "train") != "train":
-        raise InputError(f"--clean_run {clean_run} is an {record.get('kind')!r} run; expected a clean model trained "
-                         "by experiments.train")
+        raise InputError(f"--clean_run {clean_run} holds a backdoored model (a run of kind {record.get('kind')!r}); "
+                         "expected a clean model trained by experiments.train")
     model = TrainedModel(*rundir.load_model(run_dir))
     if model.spec.num_classes != train.num_classes:
         raise InputError(f"--clean_run {clean_run} classifies {model.spec.num_classes} classes, the dataset has "

@@ -4,9 +4,10 @@
       [--config experiments/configs/erase_dhbe.py:cpu] [--config.dhbe.iterations=N] [--out DIR]
 
 Without --config the defense's own config file is used with its `paper` variant (the papers'
-settings), and `--config.X=...` overrides apply to it. The output directory (default: RUN_DIR-DEFENSE) gets record.json, history.jsonl,
-checkpoints/, the purified model/, curves and sample grids. Running the same command again
-resumes an unfinished run; a finished one is never overwritten.
+settings), and `--config.X=...` overrides apply to it. The output directory (default:
+RUN_DIR-DEFENSE) gets record.json, history.jsonl, checkpoints/, the purified model/, curves and
+sample grids. Running the same command again resumes an unfinished run; a finished one is never
+overwritten.
 """
 
 from __future__ import annotations

@@ -273,7 +273,7 @@ def test_the_clean_model_of_an_optimised_trigger_must_be_a_clean_run(mnist_subse
     from experiments.attack import load_clean_model
 
     train = digits_3000(mnist_subset[0])
-    with pytest.raises(InputError, match="is an 'attack' run; expected a clean model trained by experiments.train"):
+    with pytest.raises(InputError, match="holds a backdoored model \\(a run of kind 'attack'\\); expected a clean model"):
         load_clean_model(str(badnets_run), train)
     clean_run = clean_digits_fit[2]
     model = load_clean_model(str(clean_run), train)
