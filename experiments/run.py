@@ -572,7 +572,8 @@ class Matrix:
             return {"run": str(defense_dir), "status": "skipped", "error": "teacher not finished"}
         try:
             return self.cell(defense_dir, lambda: erase_run(defense, teacher["run"], dcfg, str(defense_dir)),
-                             expected_config=expected, defaults=defaults, teacher=teacher_identity(Path(teacher["run"])))
+                             expected_config=expected, defaults=defaults,
+                             teacher=teacher_identity(Path(teacher["run"])))
         except InputError as e:
             return {"run": str(defense_dir), "status": "failed", "error": str(e)}
 
