@@ -14,9 +14,10 @@ only what the command lines use, in the order they use it:
      run: `poisoned_training_set`), no clean data;
   5. `AttackRun.evaluate`: C-Acc, ASR, ASR* and RA of each model on the run's test set.
 
-`--smoke` shrinks every step (tests/test_examples.py runs it on a 3,000-digit BadNets run: 76 s on
-the 2-core CPU beside a training job, most of it compiling); without it the settings are those of
-the `cpu` config variants (not timed for this script).
+`--smoke` shrinks every step (PGD 2 steps instead of 7, a 6-iteration DHBE, one PBE epoch per
+round): it shows the calls, not an erasure. tests/test_examples.py runs it on a 3,000-digit BadNets
+run in 46 s on the 2-core CPU beside a training job, most of it compiling. Without `--smoke` the
+settings are those of the `cpu` config variants (not timed for this script).
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from pbe_jax import DetectConfig, PBEConfig, detect, pbe
 DHBE_CPU = DHBEConfig(iterations=600, batch_size=64, ngf=32, student_lr=0.01, student_warmup=20,
                       student_bn_train=False, generator_warmup=200, balance_weight=1.0)
 PBE_CPU = PBEConfig(epochs_per_round=4, first_round_epochs=10)
-SMOKE = {"dhbe": dict(iterations=10, batch_size=32, ngf=16, nz=64, nz_trigger=64, generator_warmup=5, student_warmup=2),
-         "pbe": dict(initial_fraction=0.1, keep_fractions=(0.3,), epochs_per_round=1, later_adversarial_batches=2,
-                     batch_size=32),
-         "detect": dict(num_images=64, batch_size=32)}
+SHORT_PGD = dataclasses.replace(PBE_CPU.pgd, steps=2)  # PBE's eps and step, 2 steps instead of 7
+SMOKE = {"dhbe": dict(iterations=6, batch_size=8, student_steps=2, ngf=8, nz=16, nz_trigger=16, generator_warmup=0,
+                      student_warmup=0),
+         "pbe": dict(initial_fraction=0.1, keep_fractions=(0.3,), epochs_per_round=1, later_adversarial_batches=1,
+                     batch_size=32, pgd=SHORT_PGD),
+         "detect": dict(num_images=64, batch_size=32, pgd=SHORT_PGD)}
 
 
 def run_example(run_dir: Path, smoke: bool = False) -> dict:
