@@ -176,18 +176,19 @@ def _load_npz(path: Path, split: str) -> Split:
     return Split(images, labels, names, dataset_name(str(path)))
 
 
-def _source_key(path: Path) -> str:
+def _source_key(path: Path, split: str | None = None) -> str:
     """12 hex digits naming a dataset source in the cache. An archive is named by its content
     (SHA-1 of its bytes: 0.03 s for CIFAR-10's 20 MB here), so a copy of it elsewhere, or the same
     file copied afresh with a new mtime (a machine whose shared data is re-created for each
-    session), hits the cache instead of decoding and storing another ~0.4 GB; a folder by its
-    path and every file below it (`_folder_listing`), so an image replaced, added or removed in a
-    class folder is decoded again (keyed by the folder's own mtime until 2026-12-06, which such
-    changes leave alone: the cache then served the old images)."""
+    session), hits the cache instead of decoding and storing another ~0.4 GB; a folder's `split`
+    by the folder's path and every file of that split (`_folder_listing`), so an image replaced,
+    added or removed in a class folder is decoded again (keyed by the folder's own mtime until
+    2026-12-06, which such changes leave alone: the cache then served the old images)."""
     stat = path.stat()
     if path.is_file():
         return _content_key(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    return hashlib.sha1(f"{path.resolve()}\n{_folder_listing(path)}".encode()).hexdigest()[:12]
+    listing = _folder_listing(_find_split_dir(path, split) if split else path)
+    return hashlib.sha1(f"{path.resolve()}\n{listing}".encode()).hexdigest()[:12]
 
 
 def _folder_listing(root: Path) -> str:
@@ -215,7 +216,7 @@ def _content_key(path: str, size: int, mtime_ns: int) -> str:
 def _load_cached_folder(path: Path, split: str) -> Split:
     """Loads a folder or archive split, decoding it once into the cache."""
     name = dataset_name(str(path))
-    cached = cache_dir() / "arrays" / f"{name}-{_source_key(path)}-{split}.npz"
+    cached = cache_dir() / "arrays" / f"{name}-{_source_key(path, split)}-{split}.npz"
     if cached.is_file():
         with np.load(cached, allow_pickle=False) as f:
             return Split(f["images"], f["labels"], tuple(str(c) for c in f["class_names"]), name)
