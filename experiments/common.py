@@ -177,13 +177,10 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        message = config_file_error(str(e)) or str(e).strip().splitlines()[0]
+        print(f"error: {config_file_error(str(e)) or str(e).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
     except (KeyError, AttributeError) as e:
-        message = (unknown_setting_message(e, argv) or missing_get_config_message(e, argv))
-        if message is None:
-            raise
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+        _exit_unknown_setting(e, argv, None)
 
 
 def config_file_error(text: str) -> str | None:
@@ -209,8 +206,9 @@ def missing_get_config_message(error: BaseException, argv) -> str | None:
 
 
 def _exit_unknown_setting(error: BaseException, argv, default: str | None):
-    """Exits with status 2 and one line if `error` is a misspelt `--config.` setting; else re-raises it."""
-    message = unknown_setting_message(error, argv, default)
+    """Exits with status 2 and one line if `error` is a misspelt `--config.` setting or a config file
+    without get_config(); else re-raises it."""
+    message = unknown_setting_message(error, argv, default) or missing_get_config_message(error, argv)
     if message is None:
         raise error
     print(f"error: {message}", file=sys.stderr)
