@@ -8,8 +8,11 @@ classes. `load_split(source, split)` reads it from
       (class folders sort lexicographically into label order);
   (c) an `.npz` with `x_train`, `y_train`, `x_test`, `y_test` (and optionally `class_names`).
 
+A relative path is taken from the working directory, else from the checkout (`locate_source`).
+
 Decoded folders and archives are cached as `.npz` under `cache_dir()` (an archive keyed by its
-content, a folder by its path, size and modification time), so a second load is fast.
+content, a folder by its path and every file's name, size and modification time), so a second
+load is fast.
 """
 
 from __future__ import annotations
@@ -115,6 +118,24 @@ def check_pixels(images, what: str = "images") -> None:
         raise InputError(f"{what}: float pixels range over [{low:.3g}, {high:.3g}]; expected [0, 1]")
 
 
+# The checkout this package runs from (an editable install), where the shipped configs' relative
+# dataset paths (`data/mnist_subset.npz`, `../shared/data/cifar10.tar.gz`) point.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def locate_source(source: str) -> Path:
+    """The path a file or folder dataset `source` names: as given (relative to the working
+    directory) where that exists, else, for a relative path that exists from the checkout (the
+    shipped configs' `data/...` and `../shared/data/...`), that path; else as given, for the
+    caller's error. The source string itself, recorded in run records, is never rewritten, so a
+    run's `dataset_source` is the same from any working directory."""
+    path = Path(str(source)).expanduser()
+    if path.exists() or path.is_absolute():
+        return path
+    shipped = CHECKOUT / path
+    return shipped if shipped.exists() else path
+
+
 def dataset_name(source: str) -> str:
     """Short name of a source: the tfds name, or the file/folder name without its suffixes."""
     name = Path(str(source).rstrip("/")).name
@@ -129,8 +150,8 @@ def load_split(source: str, split: str) -> Split:
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     source = str(source)
-    path = Path(source).expanduser()
-    where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+    path = locate_source(source)
+    where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()} or the checkout {CHECKOUT})"
     if path.suffix == ".npz":
         if not path.is_file():
             raise InputError(f"dataset file {path} does not exist{where}; expected an .npz with x_train/y_train/x_test/y_test")

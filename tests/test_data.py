@@ -106,6 +106,21 @@ def test_unknown_or_missing_sources(source, message):
         load_split(source, "train")
 
 
+def test_a_relative_source_is_found_from_the_working_directory_or_the_checkout(tmp_path, monkeypatch):
+    """The shipped configs name `data/mnist_subset.npz` relative to the checkout: run from another
+    working directory it is found there; a file of that name in the working directory comes first;
+    one that exists in neither is an error naming both places."""
+    monkeypatch.chdir(tmp_path)
+    train = load_split("data/mnist_subset.npz", "train")
+    assert train.name == "mnist_subset" and len(train.labels) == 6000
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "mnist_subset.npz", x_train=np.zeros((3, 8, 8, 1), np.uint8), y_train=np.array([0, 1, 1]),
+             x_test=np.zeros((2, 8, 8, 1), np.uint8), y_test=np.array([0, 1]))
+    assert len(load_split("data/mnist_subset.npz", "train").labels) == 3
+    with pytest.raises(InputError, match=f"data/elsewhere.npz does not exist .*working directory {tmp_path} or the checkout"):
+        load_split("data/elsewhere.npz", "train")
+
+
 def test_empty_folder(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(InputError, match="no class folders"):
