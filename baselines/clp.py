@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from backdoor_core.errors import InputError
+from backdoor_core.models import check_variables_fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,7 @@ def clp(module: nn.Module, variables: dict, image_shape: tuple[int, int, int],
         config: CLPConfig = CLPConfig()) -> tuple[dict, dict]:
     """Prunes high-UCLC channels. Returns (new variables, {BN path: pruned channel indices})."""
     config.validate()
+    check_variables_fit(module, variables, image_shape, "CLP: variables")
     pairs = conv_bn_pairs(module, variables, image_shape)
     if not pairs:
         raise InputError(f"CLP: {type(module).__name__} has no convolution followed by batch normalisation; "

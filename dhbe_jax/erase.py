@@ -22,7 +22,7 @@ from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import check_run_counts
 from backdoor_core.interrupt import stop_requested
-from backdoor_core.models import ModelSpec, build_model
+from backdoor_core.models import ModelSpec, build_model, check_variables_fit
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from dhbe_jax.step import DHBEConfig, DHBEState, init_state, make_generator_warmup, make_iteration, make_players
 
@@ -70,6 +70,7 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
     """
     spec, teacher_variables = teacher
     config.validate(spec.image_shape)
+    check_variables_fit(build_model(spec), teacher_variables, spec.image_shape, f"DHBE: the teacher's variables ({spec.name})")
     check_run_counts("DHBE run", log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
                      stop_after=stop_after)
     mesh = mesh or make_mesh()

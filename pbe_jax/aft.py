@@ -23,6 +23,7 @@ from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.data import Split
 from backdoor_core.errors import InputError, check_run_counts, check_settings, is_seed
 from backdoor_core.interrupt import stop_requested
+from backdoor_core.models import check_variables_fit
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from backdoor_core.train import EvalFn, create_train_state
 from pbe_jax.finetune import AdversarialSchedule, FinetuneConfig, finetune_epochs, make_trainer
@@ -69,6 +70,7 @@ def aft(model: nn.Module, variables: dict, clean: Split, config: AFTConfig = AFT
     config = dataclasses.replace(config, augment=config.augment.resolve(clean),
                                  schedule_steps=max(1, config.epochs * (len(clean) // config.batch_size)))
     config.validate(len(clean))
+    check_variables_fit(model, variables, clean.image_shape, "AFT: variables")
     check_run_counts("AFT run", stop_after_epochs=stop_after_epochs)
     mesh = mesh or make_mesh()
     check_batch_size(config.batch_size, mesh)

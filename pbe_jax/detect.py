@@ -26,6 +26,7 @@ import numpy as np
 
 from attacks.pgd import PGDConfig, make_pgd_fn, pgd_dataset
 from backdoor_core.errors import InputError, check_settings, is_seed
+from backdoor_core.models import check_variables_fit
 from backdoor_core.sharding import make_mesh
 from backdoor_core.train import predict, predict_logits
 
@@ -109,6 +110,7 @@ def detect(module: nn.Module, variables: dict, images: np.ndarray, config: Detec
     if images.ndim != 4 or len(images) == 0:
         raise InputError(f"detect: images have shape {images.shape}; expected a non-empty [N, H, W, C] array")
     config.validate()
+    check_variables_fit(module, variables, images.shape[1:], "detect: variables")
     mesh = mesh or make_mesh()
     pick = np.sort(np.random.default_rng(config.seed).permutation(len(images))[:config.num_images])
     images = images[pick]

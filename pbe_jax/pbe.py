@@ -36,6 +36,7 @@ from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.data import Split
 from backdoor_core.errors import InputError, check_run_counts, check_settings, is_seed
 from backdoor_core.interrupt import stop_requested
+from backdoor_core.models import check_variables_fit
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
 from backdoor_core.train import EvalFn, TrainState, create_train_state, predict_logits
 from pbe_jax.finetune import AdversarialSchedule, FinetuneConfig, finetune_epochs, make_trainer
@@ -139,6 +140,7 @@ def pbe(model: nn.Module, variables: dict, train: Split, config: PBEConfig = PBE
     """
     config = dataclasses.replace(config, augment=config.augment.resolve(train)).validate(len(train))
     _check_ground_truth(ground_truth, len(train))
+    check_variables_fit(model, variables, train.image_shape, "PBE: variables")
     check_run_counts("PBE run", stop_after_rounds=stop_after_rounds)
     mesh = mesh or make_mesh()
     check_batch_size(config.batch_size, mesh)

@@ -210,3 +210,45 @@ def test_registry_model_is_the_same_function_with_any_conv(monkeypatch):
     monkeypatch.setenv("BACKDOOR_CONV", "nope")
     with pytest.raises(ValueError, match="BACKDOOR_CONV='nope'"):
         build_model(spec).apply(variables, x, train=False)
+
+
+def test_variables_that_do_not_fit_the_model_are_named_before_any_defense_runs():
+    """Variables of another width, without batch_stats, or not a variables dict are one InputError
+    naming what differs, from the library function a Python user calls (each fails inside flax
+    without the check); the model's own variables pass."""
+    import dataclasses
+
+    from backdoor_core.data import Split
+    from backdoor_core.models import check_variables_fit
+    from baselines.clp import clp
+    from dhbe_jax import DHBEConfig
+    from dhbe_jax.erase import erase
+    from pbe_jax import AFTConfig, PBEConfig, detect
+    from pbe_jax.aft import aft
+    from pbe_jax.pbe import pbe
+
+    spec = ModelSpec("small_cnn", 10, (28, 28, 1), 0.5, (0.1,), (0.3,))
+    module, variables = build_model(spec), init_variables(spec, jax.random.PRNGKey(0))
+    wider = init_variables(dataclasses.replace(spec, width=1.0), jax.random.PRNGKey(0))
+    check_variables_fit(module, variables, spec.image_shape)  # fits: no error
+    with pytest.raises(InputError, match=r"do not fit SmallCNN for \[N, 28, 28, 1\] images: \d+ differ in shape, "
+                                         r"e.g. params/BatchNorm_0/bias \(32,\) \(expected \(16,\)\)"):
+        check_variables_fit(module, wider, spec.image_shape)
+    with pytest.raises(InputError, match=r"\d+ missing, e.g. batch_stats/.*a collection left out"):
+        check_variables_fit(module, {"params": variables["params"]}, spec.image_shape)
+    with pytest.raises(InputError, match="expected a dict with 'params'.*got list"):
+        check_variables_fit(module, [variables], spec.image_shape)
+    # images of another size reach a dense layer of another shape
+    with pytest.raises(InputError, match=r"\[N, 32, 32, 1\] images: .*params/Dense_0/kernel"):
+        check_variables_fit(module, variables, (32, 32, 1))
+
+    images = np.zeros((200, 28, 28, 1), np.uint8)
+    split = Split(images, np.arange(200, dtype=np.int32) % 10, tuple(map(str, range(10))), "zeros")
+    calls = {"detect": lambda: detect(module, wider, images),
+             "PBE": lambda: pbe(module, wider, split, PBEConfig(batch_size=4)),
+             "AFT": lambda: aft(module, wider, split, AFTConfig(batch_size=4)),
+             "CLP": lambda: clp(module, wider, spec.image_shape),
+             "DHBE": lambda: erase((spec, wider), DHBEConfig(batch_size=4), jax.random.PRNGKey(0))}
+    for name, call in calls.items():
+        with pytest.raises(InputError, match=f"{name}.*variables.* do not fit SmallCNN"):
+            call()

@@ -133,6 +133,41 @@ def _init(spec: ModelSpec, key: jax.Array) -> dict:
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
+def variable_shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{'collection/module/.../name': shape} for every array of a variables tree (arrays or
+    ShapeDtypeStructs), for comparing two trees leaf by leaf."""
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_variables_fit(module: nn.Module, variables: dict, image_shape: tuple[int, ...],
+                        what: str = "variables") -> None:
+    """Raises InputError unless `variables` are variables of `module` for images [N, *image_shape]:
+    the arrays `module.init` makes there (collections, names, shapes; traced only, nothing runs),
+    and no others. The message names the first differences: variables of another width or
+    architecture, a missing `batch_stats` collection, or images of another size than the model's
+    (which a dense layer after a flatten notices). Without it such variables fail inside flax
+    (ScopeParamShapeError, ScopeCollectionNotFound) on the first batch."""
+    if not isinstance(variables, dict) or "params" not in variables:
+        found = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
+        raise InputError(f"{what}: expected a dict with 'params' (and 'batch_stats' for batch norm), got {found}")
+    dummy = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    expected = variable_shapes(jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), dummy))
+    given = variable_shapes(variables)
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+    other = [f"{k} {given[k]} (expected {expected[k]})" for k in expected if k in given and given[k] != expected[k]]
+    if not (missing or extra or other):
+        return
+    first = lambda items: sorted(items, key=lambda k: not k.startswith("params/"))[:2]  # noqa: E731
+    parts = [f"{len(items)} {label}, e.g. {', '.join(first(items))}"
+             for label, items in (("differ in shape", other), ("missing", missing), ("not in the model", extra)) if items]
+    hint = "another width or architecture, or images of another size?" if other else \
+        "variables of another architecture, or a collection left out?"
+    raise InputError(f"{what} do not fit {type(module).__name__} for [N, {', '.join(map(str, image_shape))}] images: "
+                     f"{'; '.join(parts)} ({hint})")
+
+
 @functools.cache
 def _init_program():
     """The jitted `_init`. On CPU backends it is compiled with XLA's backend optimisation level 0:
