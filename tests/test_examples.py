@@ -30,3 +30,18 @@ def test_the_python_example_runs_every_step_on_an_attack_run(badnets_run, capsys
         assert results[defense] != results["teacher"]  # the model changed
     printed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in printed[-4:]] == ["teacher", "detection", "dhbe", "pbe"]
+
+
+def test_evaluate_refuses_variables_of_another_model(badnets_run):
+    import dataclasses
+
+    import jax
+
+    from backdoor_core.errors import InputError
+    from backdoor_core.models import init_variables
+    from experiments.defenses.common import load_attack_run
+
+    run = load_attack_run(badnets_run)
+    other = init_variables(dataclasses.replace(run.spec, width=run.spec.width * 2), jax.random.PRNGKey(0))
+    with pytest.raises(InputError, match=r"evaluate: variables \(small_cnn\) do not fit .* differ in shape"):
+        run.evaluate(other)

@@ -22,7 +22,7 @@ from backdoor_core.checkpoint import save_variables
 from backdoor_core.data import Split, load_dataset
 from backdoor_core.errors import InputError
 from backdoor_core.metrics import defense_effectiveness_rating
-from backdoor_core.models import ModelSpec
+from backdoor_core.models import ModelSpec, check_variables_fit
 
 
 @dataclasses.dataclass
@@ -47,7 +47,9 @@ class AttackRun:
     poisoned_indices: np.ndarray | None
 
     def evaluate(self, variables: dict, mesh=None) -> dict:
-        """{'test_acc', 'asr', 'asr_strict', 'ra'} of `variables` on this run's test split."""
+        """{'test_acc', 'asr', 'asr_strict', 'ra'} of `variables` on this run's test split
+        (InputError if they are not variables of this run's model)."""
+        check_variables_fit(self.module, variables, self.spec.image_shape, f"evaluate: variables ({self.spec.name})")
         return backdoor_metrics(self.module, variables, self.test, self.triggered, mesh)
 
     @property
