@@ -30,6 +30,14 @@ def check_run_counts(what: str, **counts) -> None:
             raise InputError(f"{what}: {name} = {value!r}; expected an integer >= 1")
 
 
+def check_argument(what: str, name: str, value, expected_type, expected: str) -> None:
+    """InputError unless `value` is an instance of `expected_type`: for the Python API's arguments
+    ('PBE: train is a tuple; expected a backdoor_core.data.Split ...'), which otherwise fail as an
+    AttributeError on some attribute deep inside."""
+    if not isinstance(value, expected_type):
+        raise InputError(f"{what}: {name} is a {type(value).__name__}; expected {expected}")
+
+
 class CheckpointError(InputError):
     """A checkpoint that is missing, corrupt, or written for another architecture."""
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
-from backdoor_core.errors import check_run_counts
+from backdoor_core.errors import InputError, check_argument, check_run_counts
 from backdoor_core.interrupt import stop_requested
 from backdoor_core.models import ModelSpec, build_model, check_variables_fit
 from backdoor_core.sharding import check_batch_size, make_mesh, replicate
@@ -68,6 +68,13 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
     Returns:
       EraseResult; `variables` is the final student, or the student average with `average_start`.
     """
+    if not (isinstance(teacher, tuple) and len(teacher) == 2 and isinstance(teacher[0], ModelSpec)):
+        found = f"({', '.join(type(t).__name__ for t in teacher)})" if isinstance(teacher, tuple) else type(teacher).__name__
+        raise InputError(f"DHBE: teacher is {found}; expected (ModelSpec, variables), e.g. (run.spec, run.variables)")
+    check_argument("DHBE", "config", config, DHBEConfig, "a dhbe_jax.DHBEConfig")
+    dtype = getattr(rng, "dtype", None)
+    if dtype is None or not (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or (dtype == "uint32" and rng.shape == (2,))):
+        raise InputError(f"DHBE: rng is {rng!r}; expected a PRNG key, e.g. jax.random.PRNGKey(0)")
     spec, teacher_variables = teacher
     config.validate(spec.image_shape)
     check_variables_fit(build_model(spec), teacher_variables, spec.image_shape, f"DHBE: the teacher's variables ({spec.name})")

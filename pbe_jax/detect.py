@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from attacks.pgd import PGDConfig, make_pgd_fn, pgd_dataset
-from backdoor_core.errors import InputError, check_settings, is_seed
+from backdoor_core.errors import InputError, check_argument, check_settings, is_seed
 from backdoor_core.models import check_variables_fit
 from backdoor_core.sharding import make_mesh
 from backdoor_core.train import predict, predict_logits
@@ -106,6 +106,7 @@ def class_distribution_stats(counts: np.ndarray) -> tuple[int, float, float]:
 def detect(module: nn.Module, variables: dict, images: np.ndarray, config: DetectConfig = DetectConfig(), *,
            mesh=None) -> Detection:
     """Runs steps 1-5 on `images` (uint8, or float in [0, 1], [N, H, W, C]) for a K-class model."""
+    check_argument("detect", "config", config, DetectConfig, "a pbe_jax.DetectConfig")
     images = np.asarray(images)
     if images.ndim != 4 or len(images) == 0:
         raise InputError(f"detect: images have shape {images.shape}; expected a non-empty [N, H, W, C] array")
