@@ -3,6 +3,7 @@ one InputError naming what was wrong and what was expected, before anything runs
 
 import dataclasses
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ def test_variables_that_do_not_fit_the_model_are_named_before_any_defense_runs()
     module, variables = build_model(spec), init_variables(spec, jax.random.PRNGKey(0))
     wider = init_variables(dataclasses.replace(spec, width=1.0), jax.random.PRNGKey(0))
     check_variables_fit(module, variables, spec.image_shape)  # fits: no error
+    check_variables_fit(module, flax.core.freeze(variables), spec.image_shape)  # a FrozenDict is a mapping too
     with pytest.raises(InputError, match=r"do not fit SmallCNN for \[N, 28, 28, 1\] images: \d+ differ in shape, "
                                          r"e.g. params/BatchNorm_0/bias \(32,\) \(expected \(16,\)\)"):
         check_variables_fit(module, wider, spec.image_shape)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Callable
 
 import flax.linen as nn
@@ -148,8 +149,8 @@ def check_variables_fit(module: nn.Module, variables: dict, image_shape: tuple[i
     architecture, a missing `batch_stats` collection, or images of another size than the model's
     (which a dense layer after a flatten notices). Without it such variables fail inside flax
     (ScopeParamShapeError, ScopeCollectionNotFound) on the first batch."""
-    if not isinstance(variables, dict) or "params" not in variables:
-        found = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        found = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
         raise InputError(f"{what}: expected a dict with 'params' (and 'batch_stats' for batch norm), got {found}")
     dummy = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     expected = variable_shapes(jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), dummy))
