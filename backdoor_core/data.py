@@ -40,6 +40,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".gif")
 FLIP_DATASETS = ("cifar10", "cifar100")
 
 
+# What the Python API's functions taking a split expect, for their errors (`errors.check_argument`).
+SPLIT_EXPECTED = "a backdoor_core.data.Split (images, labels, class_names, name), e.g. from load_dataset"
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
     """One split of a dataset.

@@ -50,6 +50,21 @@ def _compiled_iteration(spec: ModelSpec, config: DHBEConfig, mesh):
     return players, make_iteration(players, config, tuple(spec.image_shape), mesh)
 
 
+def check_erase_arguments(teacher, config: DHBEConfig, rng) -> None:
+    """InputError unless `erase` got a (ModelSpec, variables) teacher whose variables fit its model,
+    a valid DHBEConfig for its images and a PRNG key (each failed inside JAX or flax otherwise)."""
+    if not (isinstance(teacher, tuple) and len(teacher) == 2 and isinstance(teacher[0], ModelSpec)):
+        found = f"({', '.join(type(t).__name__ for t in teacher)})" if isinstance(teacher, tuple) else type(teacher).__name__
+        raise InputError(f"DHBE: teacher is {found}; expected (ModelSpec, variables), e.g. (run.spec, run.variables)")
+    check_argument("DHBE", "config", config, DHBEConfig, "a dhbe_jax.DHBEConfig")
+    dtype = getattr(rng, "dtype", None)
+    if dtype is None or not (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or (dtype == "uint32" and rng.shape == (2,))):
+        raise InputError(f"DHBE: rng is {rng!r}; expected a PRNG key, e.g. jax.random.PRNGKey(0)")
+    spec, variables = teacher
+    config.validate(spec.image_shape)
+    check_variables_fit(build_model(spec), variables, spec.image_shape, f"DHBE: the teacher's variables ({spec.name})")
+
+
 def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *,
           eval_fn: Callable[[dict], dict] | None = None, mesh=None, run_dir: Path | None = None,
           log_every: int = 10, eval_every: int = 100, checkpoint_every: int = 100,
@@ -68,16 +83,8 @@ def erase(teacher: tuple[ModelSpec, dict], config: DHBEConfig, rng: jax.Array, *
     Returns:
       EraseResult; `variables` is the final student, or the student average with `average_start`.
     """
-    if not (isinstance(teacher, tuple) and len(teacher) == 2 and isinstance(teacher[0], ModelSpec)):
-        found = f"({', '.join(type(t).__name__ for t in teacher)})" if isinstance(teacher, tuple) else type(teacher).__name__
-        raise InputError(f"DHBE: teacher is {found}; expected (ModelSpec, variables), e.g. (run.spec, run.variables)")
-    check_argument("DHBE", "config", config, DHBEConfig, "a dhbe_jax.DHBEConfig")
-    dtype = getattr(rng, "dtype", None)
-    if dtype is None or not (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or (dtype == "uint32" and rng.shape == (2,))):
-        raise InputError(f"DHBE: rng is {rng!r}; expected a PRNG key, e.g. jax.random.PRNGKey(0)")
+    check_erase_arguments(teacher, config, rng)
     spec, teacher_variables = teacher
-    config.validate(spec.image_shape)
-    check_variables_fit(build_model(spec), teacher_variables, spec.image_shape, f"DHBE: the teacher's variables ({spec.name})")
     check_run_counts("DHBE run", log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
                      stop_after=stop_after)
     mesh = mesh or make_mesh()

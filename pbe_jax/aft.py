@@ -20,7 +20,7 @@ import numpy as np
 
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
-from backdoor_core.data import Split
+from backdoor_core.data import SPLIT_EXPECTED, Split
 from backdoor_core.errors import InputError, check_argument, check_run_counts, check_settings, is_seed
 from backdoor_core.interrupt import stop_requested
 from backdoor_core.models import check_variables_fit
@@ -67,7 +67,7 @@ def aft(model: nn.Module, variables: dict, clean: Split, config: AFTConfig = AFT
     Args mirror `pbe_jax.pbe` (stop_after_epochs: stop, checkpointed, after that many epochs).
     Returns (variables after the last epoch run, history rows with 'event' 'start' or 'epoch').
     """
-    check_argument("AFT", "clean", clean, Split, "a backdoor_core.data.Split (images, labels, class_names, name), e.g. from load_dataset")
+    check_argument("AFT", "clean", clean, Split, SPLIT_EXPECTED)
     check_argument("AFT", "config", config, AFTConfig, "a pbe_jax.AFTConfig")
     config = dataclasses.replace(config, augment=config.augment.resolve(clean),
                                  schedule_steps=max(1, config.epochs * (len(clean) // config.batch_size)))

@@ -33,7 +33,7 @@ import numpy as np
 
 from backdoor_core import rundir
 from backdoor_core.checkpoint import TrainCheckpoints
-from backdoor_core.data import Split
+from backdoor_core.data import SPLIT_EXPECTED, Split
 from backdoor_core.errors import InputError, check_argument, check_run_counts, check_settings, is_seed
 from backdoor_core.interrupt import stop_requested
 from backdoor_core.models import check_variables_fit
@@ -138,7 +138,7 @@ def pbe(model: nn.Module, variables: dict, train: Split, config: PBEConfig = PBE
       (variables after the last round run, history rows). Rows have 'event' in {'start',
       'epoch', 'round'}; round rows hold eval metrics and subset statistics.
     """
-    check_argument("PBE", "train", train, Split, "a backdoor_core.data.Split (images, labels, class_names, name), e.g. from load_dataset")
+    check_argument("PBE", "train", train, Split, SPLIT_EXPECTED)
     check_argument("PBE", "config", config, PBEConfig, "a pbe_jax.PBEConfig")
     config = dataclasses.replace(config, augment=config.augment.resolve(train)).validate(len(train))
     _check_ground_truth(ground_truth, len(train))
