@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from backdoor_core.data import CHECKOUT  # the shipped config files are found from any working directory
 from backdoor_core.errors import InputError
 
 
@@ -109,10 +110,6 @@ def unknown_setting_message(error: BaseException, argv, default: str | None = No
         message += f"; expected one of {', '.join(keys)}"
     return message
 
-
-# The checkout this package runs from (an editable install): the shipped config files are found
-# from any working directory.
-CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def resolve_config_spec(spec: str) -> str:
