@@ -111,7 +111,6 @@ def unknown_setting_message(error: BaseException, argv, default: str | None = No
     return message
 
 
-
 def resolve_config_spec(spec: str) -> str:
     """A `--config` value `FILE[:VARIANT]` with FILE as given where it exists, else, for a relative
     FILE that exists in the checkout (the shipped `experiments/configs/...` the docs name), that
