@@ -13,18 +13,21 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # A persistent XLA compilation cache for the test session: most of the suite's time is XLA
-# compiling, and its tests and the CLI subprocesses they start (which inherit these variables)
-# compile many of the same small programs. Made by the session's first process (xdist's
-# controller), which deletes it at exit; never the user's own JAX cache. Each xdist worker gets a
-# folder of its own, since JAX writes an entry without a lock (unless a size limit and the
-# `filelock` package are set), so two processes must not compile one program into one folder at
-# once; a worker's subprocesses run while it waits for them.
+# compiling, and its tests, xdist's two workers and the CLI subprocesses the tests start (which
+# inherit these variables) compile many of the same programs. One folder for all of them, made by
+# the session's first process (xdist's controller), which deletes it at exit; never the user's own
+# JAX cache. One folder, not one per worker: JAX puts the folder's path into every cache key (its
+# GPU autotuning cache lives there), so two folders never share an entry. A size limit makes JAX
+# lock the folder (with the `filelock` package) around each read and write, so that two processes
+# never read or write one entry at once.
 if "BACKDOOR_TEST_JAX_CACHE" not in os.environ:
     os.environ["BACKDOOR_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="backdoor-test-jax-cache-")
     atexit.register(shutil.rmtree, os.environ["BACKDOOR_TEST_JAX_CACHE"], ignore_errors=True)
-JAX_CACHE = os.path.join(os.environ["BACKDOOR_TEST_JAX_CACHE"], os.environ.get("PYTEST_XDIST_WORKER", "main"))
-os.environ["JAX_COMPILATION_CACHE_DIR"] = JAX_CACHE
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+JAX_CACHE = os.environ["BACKDOOR_TEST_JAX_CACHE"]
+import filelock  # noqa: E402,F401  (JAX needs it for the size limit: requirements.txt installs it)
+JAX_CACHE_SETTINGS = {"compilation_cache_dir": JAX_CACHE, "persistent_cache_min_compile_time_secs": 0,
+                      "compilation_cache_max_size": 8 << 30}
+os.environ.update({f"JAX_{k.upper()}": str(v) for k, v in JAX_CACHE_SETTINGS.items()})
 
 from pathlib import Path  # noqa: E402
 
@@ -34,8 +37,8 @@ import pytest  # noqa: E402
 
 # Also set here, in case a plugin imported JAX before this file set the variables (the cache is
 # opened at the first compilation).
-jax.config.update("jax_compilation_cache_dir", JAX_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+for _name, _value in JAX_CACHE_SETTINGS.items():
+    jax.config.update(f"jax_{_name}", _value)
 
 from backdoor_core.data import Split, load_dataset  # noqa: E402
 from backdoor_core.sharding import make_mesh  # noqa: E402

@@ -20,6 +20,7 @@ from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import InputError
 from backdoor_core.train import TrainConfig
 from clean_mnist_model import clean_mnist_model
+from conftest import jit_once
 
 
 def mixed(split, n, seed=0):
@@ -235,7 +236,7 @@ def test_iad_mask_loss_equals_the_two_pass_loss_of_the_official_code(mnist_subse
         m1, m2 = generate_mask(p, x, 8, 2), generate_mask(p, x[perm], 8, 2)
         return 100.0 * jnp.mean(jax.nn.relu(m1 - 0.032)) + diversity_loss(x, x[perm], m1, m2)
 
-    want, want_grads = jax.jit(jax.value_and_grad(two_pass))(m)  # jitted: eager flax convs are slow here
+    want, want_grads = jit_once(jax.value_and_grad(two_pass))(m)  # jitted: eager flax convs are slow here
     got, got_grads = jax.jit(jax.value_and_grad(mask_loss), static_argnums=(3, 4, 5))(m, x, perm, params, 8, 2)
     assert float(got) == pytest.approx(float(want), rel=1e-5)
     scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_grads))

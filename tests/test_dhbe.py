@@ -25,6 +25,8 @@ from dhbe_jax.step import (_Forward, _generator_update, _student_update, _trigge
                            make_generator_warmup, make_players, trigger_lr_schedule)
 from dhbe_jax.triggers import add_full_triggers, add_patches, pad_patches, random_positions
 
+from conftest import jit_once
+
 # The erase CLI's test runs this same configuration on the same teacher (test_erase_cli.smoke), so
 # the suite compiles this iteration once. balance_weight > 0 (the cpu config's G loss) is covered
 # by the jitted-vs-eager check along with the official terms.
@@ -124,7 +126,7 @@ def test_each_player_decreases_its_own_loss(teacher):
         s, stats = f.student(state.student["params"], state.student["batch_stats"], x)
         return -f.restriction(state.student["params"], stats, s, f.triggered(trigger, kt, x))[0]
 
-    @jax.jit
+    @jit_once
     def before_and_after():
         (student, _), _ = _student_update(f, state, teacher[1], (state.student, state.student_opt), key)
         after_g, _ = _generator_update(f, state, teacher[1], key)
@@ -203,7 +205,7 @@ def reference_iteration(players, config, state, teacher_vars, image_shape):
 def test_jitted_iteration_matches_eager_reference(teacher, mesh1):
     players, iteration = compiled_iteration(teacher[0], TINY, mesh1)
     state = init_state(players, teacher[1], TINY, jax.random.PRNGKey(7))
-    expected = jax.jit(lambda s, t: reference_iteration(players, TINY, s, t, teacher[0].image_shape))(state, teacher[1])
+    expected = jit_once(lambda s, t: reference_iteration(players, TINY, s, t, teacher[0].image_shape))(state, teacher[1])
     got, metrics = iteration(replicate(mesh1, state), replicate(mesh1, teacher[1]))
     tree_close(got.student, expected.student, rtol=1e-4, atol=1e-5)
     tree_close(got.student_opt, expected.student_opt, rtol=1e-4, atol=1e-5)

@@ -88,10 +88,12 @@ def test_selection_ranks_a_constructed_case():
 
 def test_rotation_and_augmentation():
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 8, 3))
-    np.testing.assert_allclose(rotate(x, jnp.zeros(2)), x, atol=1e-6)
-    quarter = rotate(x, jnp.full(2, np.pi / 2))
+    # One compiled program each: op by op, rotate's many small ops took ~20 s to compile here.
+    rotated = jit_once(lambda x, angles: rotate(x, angles))
+    np.testing.assert_allclose(rotated(x, jnp.zeros(2)), x, atol=1e-6)
+    quarter = rotated(x, jnp.full(2, np.pi / 2))
     np.testing.assert_allclose(quarter, jnp.rot90(x, 1, axes=(1, 2)), atol=1e-5)  # image-coordinates convention
-    out = pbe_augment(jax.random.PRNGKey(1), x, AugmentConfig(hflip=True))
+    out = jit_once(lambda k, x: pbe_augment(k, x, AugmentConfig(hflip=True)))(jax.random.PRNGKey(1), x)
     assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
     assert not np.allclose(out, x)
 
@@ -105,7 +107,7 @@ def test_pgd_inside_the_step_matches_standalone(data, backdoored, mesh1):
     next_key, key = jax.random.split(state.key)
     aug_key, pgd_key = jax.random.split(key)
     augmented = pbe_augment(aug_key, to_float(images), config.augment)
-    expected = jax.jit(lambda v, x, y: pgd(model_logits_fn(model, v), x, y, pgd_key, config.pgd))(variables, augmented, labels)
+    expected = jit_once(lambda v, x, y: pgd(model_logits_fn(model, v), x, y, pgd_key, config.pgd))(variables, augmented, labels)
     got = trainer.inputs(state, images, labels, True)
     np.testing.assert_allclose(got, expected, atol=1e-5)  # separately compiled: rounding only
     np.testing.assert_allclose(trainer.inputs(state, images, labels, False), augmented, atol=1e-5)
