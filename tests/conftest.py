@@ -5,6 +5,7 @@ ask for a mesh use a 1-device mesh so the others run at full speed.
 """
 
 import atexit
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -24,7 +25,8 @@ if "BACKDOOR_TEST_JAX_CACHE" not in os.environ:
     os.environ["BACKDOOR_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="backdoor-test-jax-cache-")
     atexit.register(shutil.rmtree, os.environ["BACKDOOR_TEST_JAX_CACHE"], ignore_errors=True)
 JAX_CACHE = os.environ["BACKDOOR_TEST_JAX_CACHE"]
-import filelock  # noqa: E402,F401  (JAX needs it for the size limit: requirements.txt installs it)
+if importlib.util.find_spec("filelock") is None:  # JAX refuses a size limit without it
+    raise ImportError("tests: the filelock package is missing; expected it installed (pip install -r requirements.txt)")
 JAX_CACHE_SETTINGS = {"compilation_cache_dir": JAX_CACHE, "persistent_cache_min_compile_time_secs": 0,
                       "compilation_cache_max_size": 8 << 30}
 os.environ.update({f"JAX_{k.upper()}": str(v) for k, v in JAX_CACHE_SETTINGS.items()})
