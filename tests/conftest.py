@@ -10,7 +10,11 @@ import os
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# XLA's backend optimisation level 1 instead of 2: most of the suite's time is XLA compiling, which
+# level 1 cuts by a quarter (DHBE's test iteration: 13.8 s -> 10.4 s to compile, 0.088 -> 0.092 s to
+# run, on the 2-core CPU); it changes only the machine code's speed and float rounding, never what
+# a program computes. The command lines the tests start inherit it.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # A persistent XLA compilation cache for the test session: most of the suite's time is XLA
