@@ -98,22 +98,43 @@ def digits_3000(train: Split) -> Split:
     return train.subset(np.random.default_rng(0).permutation(len(train))[:3000])
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder) -> Path` run once per test session, by whichever xdist worker asks first; the
+    others wait on a file lock and get the same path (so its users must only read it). A build
+    that fails is tried again by the next worker that asks, in a fresh folder."""
+    import filelock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this session's folder, shared by its workers (one process: its own)
+    done = root / f"{name}.done"
+    with filelock.FileLock(str(root / f"{name}.lock")):
+        if done.exists():
+            return Path(done.read_text())
+        result = build(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root)))
+        done.write_text(str(result))
+        return result
+
+
 @pytest.fixture(scope="session")
 def badnets_run(tmp_path_factory, mnist_subset):
     """A finished BadNets attack run (small_cnn width 0.5, 2 epochs on `digits_3000`), made by the
-    attack CLI's `run_attack` and shared by the tests that need a backdoored teacher."""
+    attack CLI's `run_attack` and shared (read-only) by the tests that need a backdoored teacher,
+    in both xdist workers: trained once per test session."""
     from experiments.attack import run_attack
     from experiments.configs import attack_base
 
-    train, test = mnist_subset
-    train = digits_3000(train)
-    root = tmp_path_factory.mktemp("badnets")
-    np.savez(root / "digits.npz", x_train=train.images, y_train=train.labels,
-             x_test=test.images, y_test=test.labels)
-    cfg = attack_base.get_config()
-    cfg.dataset, cfg.out, cfg.num_devices, cfg.width = str(root / "digits.npz"), str(root / "run"), 1, 0.5
-    cfg.train.update(DIGITS_RECIPE)
-    return run_attack(cfg).run_dir
+    def build(root: Path) -> Path:
+        train, test = mnist_subset
+        train = digits_3000(train)
+        np.savez(root / "digits.npz", x_train=train.images, y_train=train.labels,
+                 x_test=test.images, y_test=test.labels)
+        cfg = attack_base.get_config()
+        cfg.dataset, cfg.out, cfg.num_devices, cfg.width = str(root / "digits.npz"), str(root / "run"), 1, 0.5
+        cfg.train.update(DIGITS_RECIPE)
+        return run_attack(cfg).run_dir
+
+    return built_once(tmp_path_factory, "badnets", build)
 
 
 @pytest.fixture(scope="session")
