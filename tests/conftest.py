@@ -34,6 +34,14 @@ if importlib.util.find_spec("filelock") is None:  # JAX refuses a size limit wit
 JAX_CACHE_SETTINGS = {"compilation_cache_dir": JAX_CACHE, "persistent_cache_min_compile_time_secs": 0,
                       "compilation_cache_max_size": 8 << 30}
 os.environ.update({f"JAX_{k.upper()}": str(v) for k, v in JAX_CACHE_SETTINGS.items()})
+# ... without JAX's O(n) eviction scan before each write, in this process and (through
+# PYTHONPATH, which Python reads at start) in the workers and the command lines the tests start:
+# tests/site/sitecustomize.py says why.
+SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
+if SITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SITE, os.environ.get("PYTHONPATH")]))
+_site = importlib.util.spec_from_file_location("backdoor_test_site", os.path.join(SITE, "sitecustomize.py"))
+_site.loader.exec_module(importlib.util.module_from_spec(_site))  # this process started before PYTHONPATH was set
 
 from pathlib import Path  # noqa: E402
 

@@ -32,7 +32,7 @@ def install_plugin(site: Path) -> None:
 
 
 def run(args, site: Path, timeout=600):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(PLUGIN), str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(PLUGIN), str(ROOT), os.environ["PYTHONPATH"]])}
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
