@@ -17,8 +17,15 @@ def load_example():
     return module
 
 
-def test_the_python_example_runs_every_step_on_an_attack_run(badnets_run, capsys):
-    results = load_example().run_example(badnets_run, smoke=True)
+def test_the_python_example_runs_every_step_on_an_attack_run(badnets_run, capsys, mesh1):
+    from test_dhbe import TINY as DHBE_TINY
+    from test_pbe import DETECT, PBE_TINY
+
+    example = load_example()
+    # The other tests' tiny configs on one device, so that this test reuses the programs they
+    # compile (the same architecture and shapes): with the example's --smoke configs on the default
+    # mesh it compiled its own, ~30 s of its ~55 s in a test session on the 2-core CPU.
+    results = example.run_example(badnets_run, {"dhbe": DHBE_TINY, "pbe": PBE_TINY, "detect": DETECT}, mesh1)
     record = rundir.read_record(badnets_run)
     # The example's evaluation of the teacher is the attack run's own final evaluation.
     for metric in ("test_acc", "asr", "asr_strict", "ra"):
@@ -30,6 +37,14 @@ def test_the_python_example_runs_every_step_on_an_attack_run(badnets_run, capsys
         assert results[defense] != results["teacher"]  # the model changed
     printed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in printed[-4:]] == ["teacher", "detection", "dhbe", "pbe"]
+    # --smoke's and the full settings are valid configs of each step (what main() passes).
+    for configs in (example.SMOKE, example.FULL):
+        assert [type(configs[k]) for k in ("dhbe", "pbe", "detect")] == [type(DHBE_TINY), type(PBE_TINY), type(DETECT)]
+        configs["dhbe"].validate((28, 28, 1))
+        configs["pbe"].validate(3000)
+        configs["detect"].validate()
+    # --smoke: one PBE epoch in every round, round 0 too (it inherited the cpu config's 10 until 2026-12-07)
+    assert [len(example.SMOKE["pbe"].round_epochs(r)) for r in range(example.SMOKE["pbe"].rounds)] == [1, 1]
 
 
 def test_evaluate_refuses_variables_of_another_model(badnets_run):
