@@ -7,10 +7,11 @@ one-process run). It does nothing outside a test session (no BACKDOOR_TEST_JAX_C
 Why: the tests share one compilation cache with a size limit, because only then does JAX lock
 the cache folder (conftest). But with a limit, JAX's `LRUCache.put` lists and stats every entry
 and reads its access-time file before each write, under that lock, to see whether something must
-be evicted: O(n) per write, O(n^2) over a session. A test session writes ~3,000 entries; 3,000
-puts into an empty folder took 439 s on the 2-core CPU (0.29 s per put at the end), all of it
-holding the lock that both workers and the command lines wait on. The tests' cache lives for
-one session and never nears its limit, so the scan is skipped; the locking stays.
+be evicted: O(n) per write, O(n^2) over a session. A test session writes a few thousand entries;
+on the 2-core CPU one scan took 174 ms at 1,000 entries and 306 ms at 3,000 (3,000 writes without
+it: 3 s), all of it holding the lock that both workers and the command lines wait on
+(docs/performance.md, 2026-12-07, session 51). The tests' cache lives for one session and never
+nears its limit, so the scan is skipped; the locking stays.
 
 The patch is applied when JAX imports `jax._src.lru_cache` (an import hook), so a process that
 never imports JAX (a `time.sleep` child of a test) does not pay for importing it.
