@@ -37,7 +37,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from backdoor_core.errors import check_settings
-from backdoor_core.sharding import DATA_AXIS, replicated, unroll_loops
+from backdoor_core.sharding import DATA_AXIS, replicate, replicated, unroll_loops
 from dhbe_jax import generators as gens
 from dhbe_jax.losses import balance_loss, confidence_loss, l1_logits, tv_l1, tv_l2
 from dhbe_jax.triggers import add_full_triggers, add_patches
@@ -357,7 +357,11 @@ def make_generator_warmup(players: Players, config: DHBEConfig, image_shape, mes
     tx, step = _warmup_step(players, dataclasses.replace(config, generator_warmup=0), tuple(image_shape), mesh)
 
     def warmup(state: DHBEState, teacher):
-        generator, opt, metrics = state.generator, tx.init(state.generator), {}
+        # G and its fresh optimiser state placed as the step returns them (replicated): Adam's
+        # step count, made by tx.init on the default device alone, would otherwise give the first
+        # call other input shardings than the rest, and the step would compile twice.
+        generator = replicate(mesh, state.generator)
+        opt, metrics = replicate(mesh, tx.init(generator)), {}
         for key in jax.random.split(jax.random.fold_in(state.key, 1), config.generator_warmup):
             generator, opt, metrics = step(generator, opt, teacher, key)
         return state.replace(generator=generator), metrics

@@ -21,7 +21,7 @@ from dhbe_jax import DHBEConfig, erase, synthesize
 from dhbe_jax import generators as gens
 from dhbe_jax.erase import compiled_iteration
 from dhbe_jax.losses import balance_loss, confidence_loss, l1_logits, tv_l1, tv_l2
-from dhbe_jax.step import (_Forward, _generator_update, _student_update, _trigger_update, init_state,
+from dhbe_jax.step import (_Forward, _generator_update, _student_update, _trigger_update, _warmup_step, init_state,
                            make_generator_warmup, make_players, trigger_lr_schedule)
 from dhbe_jax.triggers import add_full_triggers, add_patches, pad_patches, random_positions
 
@@ -383,6 +383,10 @@ def test_generator_warmup_spreads_the_teachers_predictions_and_moves_only_G(mesh
     assert float(metrics["warmup_balance"]) < before
     tree_close(student, warmed.student, rtol=0, atol=0)
     tree_close(trigger, warmed.trigger, rtol=0, atol=0)
+    # One program for all 60 steps: the first call's inputs are placed as the step's outputs (its
+    # fresh optimiser state, made on one device, had compiled the step a second time).
+    step = _warmup_step(players, dataclasses.replace(config, generator_warmup=0), tuple(spec.image_shape), mesh1)[1]
+    assert step._cache_size() == 1
 
 
 def test_resume_with_generator_warmup(teacher, mesh1, tmp_path):
