@@ -33,6 +33,8 @@ them up.
 With `--config.defenses="()"` only the teachers are trained (or reused).
 With `--config.reuse_only=True` nothing is trained: the table is assembled from the cells that
 already exist (e.g. run directories made on another machine, linked into `out`).
+With `--config.plots=False` the tables are written without the plots (`out/plots/` is left as
+it was): drawing them reloads every teacher for the trigger gallery, a second or more per run.
 
 Matrices that take several sessions on machines that do not keep `out` between them: with
 `--config.archive=DIR` every finished cell is also copied, without its checkpoints, into
@@ -636,10 +638,10 @@ class Matrix:
         return row
 
 
-def write_results(out: Path, rows: list[dict]) -> None:
+def write_results(out: Path, rows: list[dict], plots: bool = True) -> None:
     """results.csv, results.md (with the metric conventions, and at its end the C-Acc / ASR grid of
     `experiments.summary.grid_markdown` and the wall-time grid of `time_grid_markdown`), with several seeds results_seeds.md/.csv
-    (mean +- std per attack and defense, `experiments.summary`), and the plots: asr_cacc.png
+    (mean +- std per attack and defense, `experiments.summary`), and, if `plots`, the plots: asr_cacc.png
     (before/after bars), curves.png and trigger_gallery.png (`experiments.plots`)."""
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*RESULTS_COLUMNS, "error", "time_incomplete"], extrasaction="ignore")
@@ -657,6 +659,8 @@ def write_results(out: Path, rows: list[dict]) -> None:
     lines += ["", grid_markdown(rows), "", time_grid_markdown(rows)]
     (out / "results.md").write_text("\n".join(lines))
     write_summary(out, rows)
+    if not plots:
+        return
     plot_before_after(out / "plots" / "asr_cacc.png", rows)
     plot_curves(out / "plots" / "curves.png", rows)
     plot_trigger_gallery(out / "plots" / "trigger_gallery.png", rows, warn=tqdm.write)
@@ -721,7 +725,7 @@ def run_matrix(cfg) -> list[dict]:
         raise InputError(f"matrix config: archive {cfg.archive} is a file; expected a folder (made if missing)")
     matrix = Matrix(cfg)
     rows = matrix.run()
-    write_results(matrix.out, rows)
+    write_results(matrix.out, rows, plots=bool(cfg.get("plots", True)))
     print((matrix.out / "results.md").read_text())
     if len(cfg.seeds) > 1:  # write_results wrote the summary over seeds
         print((matrix.out / "results_seeds.md").read_text())

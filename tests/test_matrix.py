@@ -38,6 +38,7 @@ def tiny_matrix(tmp_path, mnist_subset):
     # FT with a batch larger than its 5% clean set (60 images) fails with an InputError.
     c.defense_overrides = ml_collections.ConfigDict({"ft": dict(num_devices=1, aft=dict(batch_size=512)),
                                                      "clp": dict(num_devices=1)})
+    c.plots = False  # ~1.4 s a run_matrix call here; the tests of the plots turn them on
     return c
 
 
@@ -47,6 +48,7 @@ def read_cells(out):
 
 def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     out = tmp_path / "matrix"
+    tiny_matrix.plots = True
     rows = run_matrix(tiny_matrix)
     assert [(r["defense"], r["status"]) for r in rows] == [("none", "complete"), ("clp", "complete"), ("ft", "failed")]
     assert "fewer than one batch" in rows[2]["error"]
@@ -61,8 +63,10 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
            f"{rows[1]['C-Acc']} / {rows[1]['ASR']} | failed |" in grid
     minutes = [f"{r['seconds'] / 60:.1f}" if r["seconds"] >= 3 else "<0.1" for r in rows[:2]]
     assert f"| digits | {rows[0]['model']} | 0 | badnets | {minutes[0]} | {minutes[1]} | failed |" in md[md.index("## Wall time"):]
-    assert all((out / "plots" / f).is_file() for f in ("asr_cacc.png", "curves.png", "trigger_gallery.png"))
+    plots = {f: (out / "plots" / f).read_bytes() for f in ("asr_cacc.png", "curves.png", "trigger_gallery.png")}
+    assert all(plots.values())
     assert not (out / "results_seeds.md").exists()  # one seed: nothing to summarise over
+    tiny_matrix.plots = False  # from here on the tables only: the plots stay as the first run drew them
     first = read_cells(out)
     assert [c["status"] for c in first] == ["complete", "complete", "failed"]
 
@@ -117,6 +121,8 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     listed = run_matrix(tiny_matrix)
     assert [r["status"] for r in listed] == ["complete", "complete", "not run", "not run"]
     assert len(read_cells(out)) == 5 and not (out / "defenses" / "digits-small_cnn-badnets-s0-pbe").exists()
+    assert "not run: reuse_only: no finished run here" in (out / "results.md").read_text()  # tables still written
+    assert {f: (out / "plots" / f).read_bytes() for f in plots} == plots  # plots=False drew none of them
 
 
 def test_an_archive_carries_finished_cells_to_a_machine_without_the_runs(tiny_matrix, tmp_path):
@@ -139,6 +145,7 @@ def test_an_archive_carries_finished_cells_to_a_machine_without_the_runs(tiny_ma
     assert json.loads((teacher / "cell.json").read_text())["seconds"] == first[0]["seconds"]
 
     shutil.rmtree(tmp_path / "matrix")  # a new machine: only the (committed) archive is left
+    tiny_matrix.plots = True  # drawn from the archive alone
     again = run_matrix(tiny_matrix)
     assert [(r["status"], r["C-Acc"], r["ASR"], r["seconds"]) for r in again] == [
         (r["status"], r["C-Acc"], r["ASR"], r["seconds"]) for r in first]
@@ -146,6 +153,7 @@ def test_an_archive_carries_finished_cells_to_a_machine_without_the_runs(tiny_ma
     out = tmp_path / "matrix"
     assert not (out / "cells.jsonl").exists() and not (out / "teachers").exists()  # nothing ran
     assert (out / "plots" / "curves.png").is_file() and (out / "plots" / "trigger_gallery.png").is_file()
+    tiny_matrix.plots = False
 
     # A defense without an archived cell needs the teacher's weights: the teacher trains again
     # (here deterministically to the same model), the archived CLP cell is still reused.

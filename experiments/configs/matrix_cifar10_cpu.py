@@ -41,6 +41,7 @@ def matrix(name: str, source: str, attacks, defenses, variant: str, model: str =
     c.seeds = (0,)
     c.variant = variant
     c.reuse_only = False  # True: only tabulate cells that already finished
+    c.plots = True  # False: the tables only, no PNGs (plots/ is left as it was)
     c.archive = ""  # a folder: copy finished cells there (no checkpoints) and count archived cells as finished
     c.archive_weights = True  # with an archive: a teacher whose defense cells are unfinished is archived with its weights
     c.release_weights = False  # True: drop them once every cell of this config on the teacher has finished

@@ -36,6 +36,7 @@ def get_config():
     c.variant = "smoke"  # each defense config's variant, unless defense_variants names another
     c.defense_variants = ml_collections.ConfigDict({"pbe": "cpu"})
     c.reuse_only = False  # True: only tabulate cells that already finished
+    c.plots = True  # False: the tables only, no PNGs (plots/ is left as it was)
     c.archive = ""  # a folder: copy finished cells there (no checkpoints) and count archived cells as finished
     c.archive_weights = True  # with an archive: a teacher whose defense cells are unfinished is archived with its weights
     c.release_weights = False  # True: drop them once every cell of this config on the teacher has finished
