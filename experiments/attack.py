@@ -35,8 +35,12 @@ EXAMPLES = "examples.png"
 
 
 def attack_config(cfg) -> AttackConfig:
-    """The AttackConfig of a CLI config (params from cfg.params[cfg.attack]), checked without data."""
+    """The AttackConfig of a CLI config (params from cfg.params[cfg.attack]), checked without data
+    (with the config's num_examples)."""
     get_attack(cfg.attack)  # unknown names fail here, before any loading
+    n = cfg.get("num_examples", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InputError(f"num_examples = {n!r}; expected a non-negative integer (0: no {EXAMPLES})")
     params = cfg.params[cfg.attack].to_dict() if cfg.attack in cfg.params else {}
     config = AttackConfig(name=cfg.attack, target=cfg.target, mode=cfg.mode, poison_ratio=cfg.poison_ratio,
                           ratio_of=cfg.ratio_of, seed=cfg.seed, params=params, poisoning=cfg.poisoning)
@@ -44,7 +48,10 @@ def attack_config(cfg) -> AttackConfig:
 
 
 def save_examples(path: Path, result: BackdoorResult, test, config: AttackConfig, n: int, mesh=None) -> None:
-    """A 2 x n PNG grid: clean test images (top) and triggered ones (bottom), with predictions."""
+    """A 2 x n PNG grid: clean test images (top) and triggered ones (bottom), with predictions;
+    nothing for n = 0."""
+    if n == 0:
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -216,6 +216,7 @@ def test_per_batch_poisoning_is_refused_where_it_has_no_meaning(config, message)
     ({"model": "resnet9000"}, "unknown model 'resnet9000'"),
     ({"poisoning": "per_bach"}, "attack poisoning 'per_bach'"),
     ({"poisoning": "per_batch", "attack": "wanet"}, "already poisoned per batch"),
+    ({"num_examples": -1}, re.escape("num_examples = -1; expected a non-negative integer (0: no examples.png)")),
 ])
 def test_cli_bad_settings_leave_no_run_dir(tmp_path, overrides, message):
     out = tmp_path / "run"

@@ -32,7 +32,7 @@ def tiny_matrix(tmp_path, mnist_subset):
     c.out = str(tmp_path / "matrix")
     c.datasets = ml_collections.ConfigDict({"digits": dict(
         source=str(tmp_path / "digits.npz"), attack_config="experiments.configs.attack_base",
-        overrides=dict(num_devices=1, train=dict(epochs=1, batch_size=64, learning_rate=0.05)))})
+        overrides=dict(num_devices=1, num_examples=0, train=dict(epochs=1, batch_size=64, learning_rate=0.05)))})
     c.attacks = ("badnets",)
     c.defenses = ("clp", "ft")
     # FT with a batch larger than its 5% clean set (60 images) fails with an InputError.
@@ -66,6 +66,8 @@ def test_matrix_runs_reports_failures_and_resumes(tiny_matrix, tmp_path):
     plots = {f: (out / "plots" / f).read_bytes() for f in ("asr_cacc.png", "curves.png", "trigger_gallery.png")}
     assert all(plots.values())
     assert not (out / "results_seeds.md").exists()  # one seed: nothing to summarise over
+    teacher = out / "teachers" / "digits-small_cnn-badnets-s0"
+    assert (teacher / "model").is_dir() and not (teacher / "examples.png").exists()  # num_examples = 0
     tiny_matrix.plots = False  # from here on the tables only: the plots stay as the first run drew them
     first = read_cells(out)
     assert [c["status"] for c in first] == ["complete", "complete", "failed"]

@@ -45,6 +45,6 @@ def get_config():
     # step, the trigger at a fixed place (the official PBE code's teachers; dirty-label attacks).
     c.poisoning = "default"
     c.clean_run = ml_collections.config_dict.placeholder(str)
-    c.num_examples = 8  # clean vs triggered test images in examples.png
+    c.num_examples = 8  # clean vs triggered test images in examples.png (0: no examples.png)
     c.params = ml_collections.ConfigDict({name: params_section(name) for name in default_params()})
     return c
