@@ -150,10 +150,18 @@ def badnets_run(tmp_path_factory, mnist_subset):
 
 
 @pytest.fixture(scope="session")
-def clean_digits_fit(tmp_path_factory, mnist_subset, mesh1):
-    """(FitResult, spec, run_dir) of a clean small_cnn trained like `badnets_run`, evaluated on the
-    full shipped test split after each epoch: the clean reference of the BadNets test and the
-    subject of the training test."""
+def clean_digits_fit(tmp_path_factory, mnist_subset):
+    """(fit's result, spec, run_dir) of a clean small_cnn trained like `badnets_run`, evaluated on
+    the full shipped test split after each epoch: the clean reference of the BadNets test and the
+    subject of the training test. Trained once per test session, by whichever xdist worker asks
+    first (each worker had trained its own, ~20 s): the result `fit` returned is kept beside the run
+    directory with numpy (its variables in returned.npz, history and completion in returned.json), so
+    that every worker gets what `fit` returned, not only what it saved."""
+    import json
+    import types
+
+    from flax import traverse_util
+
     from backdoor_core.fit import fit
     from backdoor_core.models import build_model, spec_for_data
     from backdoor_core.train import TrainConfig, clean_eval_fn
@@ -161,7 +169,18 @@ def clean_digits_fit(tmp_path_factory, mnist_subset, mesh1):
     train, test = mnist_subset
     train = digits_3000(train)
     spec = spec_for_data("small_cnn", train.images, train.num_classes, 0.5)
-    run_dir = tmp_path_factory.mktemp("clean") / "run"
-    result = fit(spec, train, TrainConfig(**DIGITS_RECIPE), run_dir, mesh=mesh1,
-                 eval_fn=clean_eval_fn(build_model(spec), test, mesh1), progress=False)
-    return result, spec, run_dir
+
+    def build(root: Path) -> Path:
+        mesh = make_mesh(1)
+        result = fit(spec, train, TrainConfig(**DIGITS_RECIPE), root / "run", mesh=mesh,
+                     eval_fn=clean_eval_fn(build_model(spec), test, mesh), progress=False)
+        np.savez(root / "returned.npz", **traverse_util.flatten_dict(jax.device_get(result.variables), sep="/"))
+        (root / "returned.json").write_text(json.dumps({"history": result.history, "complete": result.complete}))
+        return root
+
+    root = built_once(tmp_path_factory, "clean_digits", build)
+    with np.load(root / "returned.npz") as saved:
+        variables = traverse_util.unflatten_dict(dict(saved), sep="/")
+    returned = json.loads((root / "returned.json").read_text())
+    result = types.SimpleNamespace(variables=variables, history=returned["history"], complete=returned["complete"])
+    return result, spec, root / "run"

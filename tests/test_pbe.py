@@ -8,20 +8,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attacks.backdoor import train_backdoor
+from attacks.backdoor import POISONED_INDICES, load_attack, train_backdoor
 from attacks.base import AttackConfig
 from attacks.pgd import PGDConfig, model_logits_fn, pgd
+from backdoor_core import rundir
 from backdoor_core.augment import to_float
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import InputError
-from backdoor_core.models import build_model, spec_for_data
-from backdoor_core.sharding import replicate, shard_batch
+from backdoor_core.models import spec_for_data
+from backdoor_core.sharding import make_mesh, replicate, shard_batch
 from backdoor_core.train import TrainConfig, create_train_state
 from pbe_jax.pbe import EPOCH_CHECKPOINTS
 from pbe_jax import (AFTConfig, AugmentConfig, DetectConfig, PBEConfig, aft, clean_subset, consistency_scores, detect,
                      make_trainer, pbe, pbe_augment, rotate, select_clean_subset)
 from backdoor_core.train import sgd_update
-from conftest import jit_once
+from conftest import built_once, jit_once
 
 # One fine-tuning setting for every test, so each mesh compiles the step once.
 TINY = dict(batch_size=32, pgd=PGDConfig(eps=0.1, alpha=0.03, steps=2), augment=AugmentConfig(hflip=False))
@@ -31,8 +32,7 @@ BLENDED = AttackConfig(name="blended", target=0, poison_ratio=0.1)
 DETECT = DetectConfig(pgd=PGDConfig(eps=0.1, alpha=0.03, steps=5), num_images=120, batch_size=120)
 
 
-@pytest.fixture(scope="module")
-def data(mnist_subset):
+def pbe_digits(mnist_subset):
     """(train 3000, test 500) random digits of the shipped subset."""
     train, test = mnist_subset
     rng = np.random.default_rng(0)
@@ -40,22 +40,31 @@ def data(mnist_subset):
 
 
 @pytest.fixture(scope="module")
-def blended_run(data, mesh1, tmp_path_factory):
-    """The BackdoorResult of a Blended (alpha 0.2, noise) small_cnn 0.5, target 0, 2 epochs on
-    `data`. Blended rather than BadNets: a 3x3 white patch on MNIST's black corner is out of reach
+def data(mnist_subset):
+    return pbe_digits(mnist_subset)
+
+
+@pytest.fixture(scope="session")
+def blended_run(tmp_path_factory, mnist_subset):
+    """The run directory of a Blended (alpha 0.2, noise) small_cnn 0.5, target 0, 2 epochs on
+    `data`, trained once per test session (both xdist workers read it; each had trained its own,
+    ~22 s). Blended rather than BadNets: a 3x3 white patch on MNIST's black corner is out of reach
     of a small L-inf ball, and adversarial examples of such a model do not pile into the target
     (measured: top share 0.18-0.22 at eps 0.3-0.5, as for a clean model)."""
-    train, test = data
-    config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=0, hflip=False)
-    return train_backdoor(BLENDED, "small_cnn", 0.5, train, test, config, tmp_path_factory.mktemp("pbe") / "blended",
-                          mesh=mesh1, progress=False)
+    def build(root):
+        train, test = pbe_digits(mnist_subset)
+        config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.05, crop_padding=0, hflip=False)
+        return train_backdoor(BLENDED, "small_cnn", 0.5, train, test, config, root / "blended", mesh=make_mesh(1),
+                              progress=False).run_dir
+
+    return built_once(tmp_path_factory, "pbe_blended", build)
 
 
 @pytest.fixture(scope="module")
-def backdoored(data, blended_run):
-    """(module, variables, poisoned indices, metrics) of `blended_run`."""
-    spec = spec_for_data("small_cnn", data[0].images, data[0].num_classes, 0.5)
-    return build_model(spec), blended_run.fit.variables, blended_run.poisoned_indices, blended_run.fit.history[-1]
+def backdoored(blended_run):
+    """(module, variables, poisoned indices, last history row) of `blended_run`, as saved."""
+    _, module, variables = rundir.load_model(blended_run)
+    return module, variables, np.load(blended_run / POISONED_INDICES), rundir.read_history(blended_run)[-1]
 
 
 @pytest.mark.parametrize("mode", ["all_to_all", "all_to_one"])
@@ -160,7 +169,7 @@ def test_aft_erases_a_blended_backdoor_that_plain_fine_tuning_keeps(data, backdo
     model, variables, poisoned, teacher = backdoored
     train, test = data
     clean = train.subset(np.setdiff1d(np.arange(len(train)), poisoned)[:300])
-    triggered = triggered_test_set(test, BLENDED, blended_run.trigger)
+    triggered = triggered_test_set(test, BLENDED, load_attack(blended_run)[1])
     assert teacher["asr"] > 0.9
     results = {}
     for name, adversarial in (("aft", 3), ("ft", 0)):

@@ -50,7 +50,7 @@ def test_an_installed_plugins_attack_and_defense_run_from_the_command_lines(tmp_
     proc = run(["experiments.attack", "--attack", "corner_dot", "--dataset", str(data), "--model", "lenet_bn",
                 "--width", "1", "--out", str(teacher), "--config.params.corner_dot.size=3",
                 "--config.train.epochs=2", "--config.train.batch_size=64", "--config.train.learning_rate=0.05",
-                "--config.train.hflip=False", "--config.num_devices=1"], site)
+                "--config.train.hflip=False", "--config.num_devices=1", "--config.num_examples=0"], site)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((teacher / "record.json").read_text())
     assert record["attack"]["name"] == "corner_dot" and record["attack"]["params"] == {"size": 3, "color": 1.0}
