@@ -41,6 +41,7 @@ def pbe_digits(mnist_subset):
 
 @pytest.fixture(scope="module")
 def data(mnist_subset):
+    """`pbe_digits`: the digits `blended_run` was trained and evaluated on."""
     return pbe_digits(mnist_subset)
 
 
