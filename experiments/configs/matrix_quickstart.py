@@ -1,7 +1,8 @@
 """The quickstart matrix (the README's main command): on the shipped MNIST subset, train a
 BadNets and a low-frequency (LF) backdoored small CNN (width 0.5, 3 epochs; LF crafts its trigger
 on a clean model, trained too), erase each with DHBE, PBE and CLP at small settings, and print
-the before/after table. About 7 minutes on a 2-core CPU (6m25s measured in a fresh clone).
+the before/after table. About 7 minutes on a 2-core CPU (6m25s measured in a fresh clone; 15m27s on a
+2x slower 2-core machine, 2026-12-07).
 
   python -m experiments.run --config experiments/configs/matrix_quickstart.py [--config.out=DIR]
 
