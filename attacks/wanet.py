@@ -13,7 +13,15 @@ Steps (as in the authors' code):
      next n_cross = round(cross_ratio * n_bd) get the warp plus a random per-pixel jitter
      uniform in [-1, 1] / H ("noise mode") and keep their labels, the rest stay clean. Batches
      are shuffled, so which images these are is random. The original code floors both counts.
-Defaults: k = 4, s = 0.5, grid_rescale = 1, cross_ratio = 2 (BackdoorBench).
+     As in the authors' code (and BackdoorBench's), the batch is warped first and augmented
+     after (`augment_after_warp`, `backdoor_core.train.BeforeAugmentation`): the warped images
+     go through the random crop and flip like the others, so the backdoor must survive them.
+     The other attacks see the augmented batch. Until 2026-12-07 WaNet did too (crop and flip
+     after the warp were not applied to it); `augment_after_warp=False` gives that order back.
+     Not reproduced: the authors' own augmentation (crop with padding 5 on 80% of the batches,
+     rotation up to 10 degrees on half of them, flip); our teachers share one recipe (CIFAR-10:
+     crop with padding 4, flip).
+Defaults: k = 4, s = 0.5, grid_rescale = 1, cross_ratio = 2 (BackdoorBench), augment_after_warp.
 """
 
 from __future__ import annotations
@@ -28,18 +36,21 @@ from attacks.base import Attack, AttackConfig
 from attacks.poison import per_batch_count
 from attacks.triggers import Trigger
 from backdoor_core.errors import InputError
+from backdoor_core.train import BeforeAugmentation
 
 BICUBIC_A = -0.75  # torch's cubic convolution coefficient
 
 
 @dataclasses.dataclass(frozen=True)
 class WaNetParams:
-    """WaNet settings: k (field resolution), s (warp strength), grid_rescale, cross_ratio (noise mode)."""
+    """WaNet settings: k (field resolution), s (warp strength), grid_rescale, cross_ratio (noise
+    mode), augment_after_warp (the training batch is warped, then augmented: step 4)."""
 
     k: int = 4
     s: float = 0.5
     grid_rescale: float = 1.0
     cross_ratio: float = 2.0
+    augment_after_warp: bool = True
 
 
 def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -165,6 +176,8 @@ class WaNet(Attack):
         if params.s < 0 or params.grid_rescale <= 0 or params.cross_ratio < 0:
             raise InputError(f"wanet: s = {params.s}, grid_rescale = {params.grid_rescale}, cross_ratio = "
                              f"{params.cross_ratio}; expected s >= 0, grid_rescale > 0, cross_ratio >= 0")
+        if not isinstance(params.augment_after_warp, bool):
+            raise InputError(f"wanet: augment_after_warp = {params.augment_after_warp!r}; expected True or False")
         if config.poison_ratio * (1 + params.cross_ratio) > 1:
             raise InputError(f"wanet: poison_ratio {config.poison_ratio} with cross_ratio {params.cross_ratio} "
                              "needs more than the whole batch; expected poison_ratio * (1 + cross_ratio) <= 1")
@@ -173,7 +186,8 @@ class WaNet(Attack):
         return wanet_trigger(random_field(key, params.k), params, train.image_shape)
 
     def batch_transform(self, config, params, trigger, num_classes):
-        return wanet_batch_transform(config, params, trigger, num_classes)
+        transform = wanet_batch_transform(config, params, trigger, num_classes)
+        return BeforeAugmentation(transform) if params.augment_after_warp else transform
 
 
 WANET = WaNet()

@@ -164,20 +164,51 @@ def sgd_update(model: nn.Module, tx: optax.GradientTransformation, state: TrainS
 BatchTransform = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class BeforeAugmentation:
+    """Marks a batch transform that sees the batch before the augmentation (crop, flip), whose
+    output is then augmented: WaNet's official order, where the warped images go through the
+    random crop and flip. An unmarked transform sees the augmented batch. Hashed by identity,
+    as plain transforms are (`backdoor_core.fit.compiled_train_step` caches on it)."""
+
+    transform: BatchTransform
+
+    def __call__(self, key, images, labels):
+        return self.transform(key, images, labels)
+
+
+def training_batch(aug_key: jax.Array, transform_key: jax.Array, images: jax.Array, labels: jax.Array, *,
+                   crop_padding: int, hflip: bool,
+                   batch_transform: BatchTransform | None = None) -> tuple[jax.Array, jax.Array]:
+    """The batch one training step learns from: float images [B,H,W,C] in [0, 1] and labels [B].
+
+    Images (uint8 or float) are augmented with `aug_key` (random crop with zero padding, optional
+    flip) and passed through `batch_transform(transform_key, images, labels)` if given (on-the-fly
+    poisoning): after the augmentation, or before it if the transform is wrapped in
+    `BeforeAugmentation`."""
+    x = to_float(images)
+    first = isinstance(batch_transform, BeforeAugmentation)
+    if first:
+        x, labels = batch_transform(transform_key, x, labels)
+    x = crop_and_flip(aug_key, x, crop_padding, hflip)
+    if batch_transform is not None and not first:
+        x, labels = batch_transform(transform_key, x, labels)
+    return x, labels
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh, *, crop_padding: int,
                     hflip: bool, batch_transform: BatchTransform | None = None):
     """Builds the jitted step (state, images uint8 [B,H,W,C], labels [B]) -> (state, metrics).
 
-    The batch is augmented on device (crop, flip), then passed through `batch_transform(key,
-    images, labels)` if given (e.g. on-the-fly poisoning), then one SGD step is taken. The
-    input state is donated. Metrics: {'loss': mean loss, 'correct': number of correct predictions}.
+    The batch is augmented on device and poisoned by `batch_transform` if given
+    (`training_batch`), then one SGD step is taken. The input state is donated.
+    Metrics: {'loss': mean loss, 'correct': number of correct predictions}.
     """
 
     def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
         key, aug_key, transform_key = jax.random.split(state.key, 3)
-        x = crop_and_flip(aug_key, to_float(images), crop_padding, hflip)
-        if batch_transform is not None:
-            x, labels = batch_transform(transform_key, x, labels)
+        x, labels = training_batch(aug_key, transform_key, images, labels, crop_padding=crop_padding, hflip=hflip,
+                                   batch_transform=batch_transform)
         new_state, metrics = sgd_update(model, tx, state, x, labels)
         return new_state.replace(key=key), metrics
 

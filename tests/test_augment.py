@@ -45,3 +45,30 @@ def test_crop_and_flip_deterministic_for_a_key():
     # ... and it is random: it changes the images, and another key changes them otherwise.
     assert not np.array_equal(a, images)
     assert not np.array_equal(a, crop_and_flip(jax.random.PRNGKey(6), images, 4, True))
+
+
+def test_a_transform_before_augmentation_has_its_output_cropped_and_flipped():
+    """`training_batch`: a plain batch transform sees the augmented batch; one wrapped in
+    `BeforeAugmentation` (WaNet's order) sees the raw batch and its output is augmented."""
+    from backdoor_core.train import BeforeAugmentation, training_batch
+
+    def mark(key, images, labels):  # a 2x2 white square at the top-left corner, label 7
+        return images.at[:, :2, :2, :].set(1.0), jnp.full_like(labels, 7)
+
+    images = jnp.zeros((32, 8, 8, 1), jnp.uint8)
+    labels = jnp.zeros((32,), jnp.int32)
+    aug_key, transform_key = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
+    kw = dict(crop_padding=2, hflip=True)
+    after, after_labels = training_batch(aug_key, transform_key, images, labels, batch_transform=mark, **kw)
+    before, before_labels = training_batch(aug_key, transform_key, images, labels,
+                                           batch_transform=BeforeAugmentation(mark), **kw)
+    assert np.all(np.asarray(after_labels) == 7) and np.all(np.asarray(before_labels) == 7)
+    after, before = np.asarray(after), np.asarray(before)
+    assert np.all(after[:, :2, :2] == 1.0) and after.sum() == 32 * 4  # the mark stays where it was put
+    np.testing.assert_array_equal(before, np.asarray(crop_and_flip(aug_key, mark(None, to_float(images), labels)[0],
+                                                                   2, True)))
+    moved = [i for i in range(32) if not np.all(before[i, :2, :2] == 1.0)]
+    assert len(moved) > 16  # shifted (partly cut off) or mirrored to the right in most images
+    np.testing.assert_array_equal(  # no transform: augmentation only, the same keys
+        np.asarray(training_batch(aug_key, transform_key, images, labels, **kw)[0]),
+        np.asarray(crop_and_flip(aug_key, to_float(images), 2, True)))

@@ -109,17 +109,19 @@ def test_all_to_all_badnets_sends_each_class_to_the_next(mnist_subset, mesh1, tm
 
 def test_wanet_poisons_on_the_fly(mnist_subset, mesh1, tmp_path, monkeypatch):
     from attacks.wanet import WaNet
+    from backdoor_core.train import BeforeAugmentation
 
     traced, real = [], WaNet.batch_transform
 
     def spy(self, *args):  # records the batches the training step passes through WaNet's transform
         transform = real(self, *args)
+        assert isinstance(transform, BeforeAugmentation)  # warped, then augmented (the official order)
 
         def recorded(key, images, labels):
             traced.append(images.shape)
             return transform(key, images, labels)
 
-        return recorded
+        return BeforeAugmentation(recorded)
 
     monkeypatch.setattr(WaNet, "batch_transform", spy)
     train, test = mnist_subset
@@ -132,7 +134,8 @@ def test_wanet_poisons_on_the_fly(mnist_subset, mesh1, tmp_path, monkeypatch):
     assert traced and set(traced) == {(32, 28, 28, 1)}  # the training batches are poisoned in the step
     record = rundir.read_record(run)
     assert record["kind"] == "attack" and record["attack"]["poisoning"] == "on_the_fly" and record["steps"] == 4
-    assert record["config"]["attack"]["params"] == {"k": 4, "s": 0.5, "grid_rescale": 1.0, "cross_ratio": 2.0}
+    assert record["config"]["attack"]["params"] == {"k": 4, "s": 0.5, "grid_rescale": 1.0, "cross_ratio": 2.0,
+                                                    "augment_after_warp": True}
     assert not (run / POISONED_INDICES).exists()
     assert set(record["metrics"]) == {"test_acc", "asr", "asr_strict", "ra"}
     _, trigger = load_attack(run)
