@@ -2,7 +2,7 @@
 
   python -m experiments.detect --runs ~/runs/attack_cifar10_badnets ~/runs/clean_cifar10 \
       [--eps 6 [16 32 ...]] [--norm linf|l2] [--steps 7] [--num_images 500] [--images test|synthetic|noise] [--synthetic_steps 200]
-      [--threshold 0.5] [--reference RUN [RUN ...]] [--out docs/detection.md]
+      [--threshold 0.5] [--reference RUN [RUN ...]] [--out docs/detection.md] [--num_devices N]
 
 For each run (clean training, attack or defense run) the model is loaded, `num_images` images
 are drawn (seeded) and used unlabelled, and untargeted PGD (PBE's eps 6/255, 7 steps) is run
@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run directories of models believed clean, trained on the same data: adds each row's "
                              "excess over the largest of their shares of the suspected class")
     parser.add_argument("--out", help="also write the Markdown table (and a .json of the rows) here")
+    parser.add_argument("--num_devices", type=int, help="devices each batch is split over (default: all)")
     return parser
 
 
@@ -298,6 +299,8 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
         parser.error(f"--num_images {args.num_images}: expected at least 1")
     if args.synthetic_steps < 0:
         parser.error(f"--synthetic_steps {args.synthetic_steps}: expected a non-negative number of steps")
+    if args.num_devices is not None and not 1 <= args.num_devices <= jax.device_count():
+        parser.error(f"--num_devices {args.num_devices}: expected 1 to {jax.device_count()} (the devices of this host)")
     try:
         args.out = table_path(args.out)
         args.configs = budget_configs(args.eps, args.norm, args.steps, args.num_images, args.seed)
@@ -317,7 +320,7 @@ def main(argv=None) -> int:
     args = parse_args(parser, argv)
     reference = bool(args.reference)
     try:
-        rows = detect_runs(args.runs, args.configs, make_mesh(), args.images, args.synthetic_steps, args.reference,
+        rows = detect_runs(args.runs, args.configs, make_mesh(args.num_devices), args.images, args.synthetic_steps, args.reference,
                            on_rows=lambda new: print("\n".join(
                                markdown_table(new, args.threshold, reference).splitlines()[2:]), flush=True))
     except InputError as e:  # an unusable reference: detect_runs raises before attacking any run

@@ -55,7 +55,8 @@ def test_wall_time_prefers_epoch_times_then_elapsed():
 
 def test_detect_cli_reports_one_row_per_run_and_errors_per_run(badnets_run, tmp_path, capsys):
     out = tmp_path / "d.md"
-    rc = detect.main(["--runs", str(badnets_run), str(tmp_path), "--num_images", "64", "--out", str(out)])
+    rc = detect.main(["--runs", str(badnets_run), str(tmp_path), "--num_images", "64", "--out", str(out),
+                      "--num_devices", "1"])
     assert rc == 1  # the second path is no run: reported in its row, the first still detected
     rows = json.loads(out.with_suffix(".json").read_text())
     assert [("error" in r) for r in rows] == [False, True]
@@ -197,7 +198,8 @@ def test_detect_cli_rejects_bad_arguments_before_any_work(badnets_run, capsys, t
     # --out an IsADirectoryError after the whole table; a threshold over 1 flagged nothing)
     for args, message in [(["--seed", "-1"], "detect: seed = -1; expected a non-negative integer"),
                           (["--threshold", "1.5"], "--threshold 1.5: expected a concentration in (0, 1]"),
-                          (["--out", str(tmp_path)], f"--out {tmp_path} is a folder; expected a file path")]:
+                          (["--out", str(tmp_path)], f"--out {tmp_path} is a folder; expected a file path"),
+                          (["--num_devices", "9"], "--num_devices 9: expected 1 to 4 (the devices of this host)")]:
         with pytest.raises(SystemExit) as exc:
             detect.main(["--runs", str(badnets_run), *args])
         err = capsys.readouterr().err
