@@ -16,8 +16,8 @@ Steps (as in the authors' code):
      As in the authors' code (and BackdoorBench's), the batch is warped first and augmented
      after (`augment_after_warp`, `backdoor_core.train.BeforeAugmentation`): the warped images
      go through the random crop and flip like the others, so the backdoor must survive them.
-     The other attacks see the augmented batch. Until 2026-12-07 WaNet did too (crop and flip
-     after the warp were not applied to it); `augment_after_warp=False` gives that order back.
+     The other attacks see the augmented batch. Until 2026-12-07 WaNet did too (its warped
+     images were never cropped or flipped); `augment_after_warp=False` gives that order back.
      Not reproduced: the authors' own augmentation (crop with padding 5 on 80% of the batches,
      rotation up to 10 degrees on half of them, flip); our teachers share one recipe (CIFAR-10:
      crop with padding 4, flip).

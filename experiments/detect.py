@@ -320,7 +320,8 @@ def main(argv=None) -> int:
     args = parse_args(parser, argv)
     reference = bool(args.reference)
     try:
-        rows = detect_runs(args.runs, args.configs, make_mesh(args.num_devices), args.images, args.synthetic_steps, args.reference,
+        rows = detect_runs(args.runs, args.configs, make_mesh(args.num_devices), args.images, args.synthetic_steps,
+                           args.reference,
                            on_rows=lambda new: print("\n".join(
                                markdown_table(new, args.threshold, reference).splitlines()[2:]), flush=True))
     except InputError as e:  # an unusable reference: detect_runs raises before attacking any run
