@@ -21,8 +21,12 @@ Steps:
   3. `make_iad_step` (one jitted joint step): of each batch of B images, the first
      round(backdoor_ratio B) get their own trigger and the target label, the next
      cross_ratio B get the trigger of another image of the batch and keep their label, the rest
-     stay clean; the mixed batch is augmented; the classifier (SGD, `TrainConfig`) and g (Adam)
-     both minimise CE + lambda_div * diversity(x, x2, g(x), g(x2)).
+     stay clean; the classifier (SGD, `TrainConfig`) and g (Adam) both minimise
+     CE + lambda_div * diversity(x, x2, g(x), g(x2)). The batch is augmented (crop, flip) before
+     the triggers are made, as the official code's dataloader augments the images its training
+     step then triggers (`augment_after_trigger=False`). Before 2026-12-07 this library
+     augmented the mixed batch instead, shifting and mirroring the triggers made on the
+     unaugmented images; `augment_after_trigger=True` gives that order back (archived runs).
   4. `diversity_loss`: mean over pairs of |x - x2| / (|g(x) - g(x2)| + 1e-7), |.| the root mean
      square, so different images must get different patterns.
   5. `iad_trigger`: the trained (g, m) as a `Trigger` of kind "iad" (`apply_trigger`), saved and
@@ -81,6 +85,8 @@ class IADParams:
       generator_lr: Adam learning rate of both generators (g follows the classifier's schedule).
       base_channels, depth: generator width and number of down/up-sampling stages; None: 16 and
         2 below 32 px, 32 and 3 otherwise.
+      augment_after_trigger: False (the official order): the clean batch is augmented, then
+        triggered; True: the triggered batch is augmented (this library before 2026-12-07).
     """
 
     backdoor_ratio: float = 0.1
@@ -92,6 +98,7 @@ class IADParams:
     generator_lr: float = 0.01
     base_channels: int | None = None
     depth: int | None = None
+    augment_after_trigger: bool = False
 
     def architecture(self, image_shape: tuple[int, int, int]) -> tuple[int, int]:
         """(base_channels, depth) for images of `image_shape`."""
@@ -360,20 +367,37 @@ def mixed_batch(g_params, m_params, x, x2, labels, nb, nc, config, num_classes, 
     return inputs, labels, div
 
 
+def step_batch(g_params, m_params, images, labels, aug_key, perm_key, *, params: IADParams, config: AttackConfig,
+               num_classes: int, arch: tuple[int, int], nb: int, nc: int, crop_padding: int, hflip: bool):
+    """What one joint step's classifier learns from: (inputs [B,H,W,C] in [0, 1], labels [B],
+    diversity loss) for a batch of images [B,H,W,C] (uint8 or float) and its labels [B].
+
+    The images are augmented (crop with zero padding, optional flip, `aug_key`) and then triggered
+    (`mixed_batch`, x2 their shuffle by `perm_key`): the official order. With
+    params.augment_after_trigger the mixed batch is augmented instead (module docstring, step 3)."""
+    x = to_float(images)
+    if not params.augment_after_trigger:
+        x = crop_and_flip(aug_key, x, crop_padding, hflip)
+    x2 = x[jax.random.permutation(perm_key, x.shape[0])]
+    inputs, targets, div = mixed_batch(g_params, m_params, x, x2, labels, nb, nc, config, num_classes, arch)
+    if params.augment_after_trigger:
+        inputs = crop_and_flip(aug_key, inputs, crop_padding, hflip)
+    return inputs, targets, div
+
+
 def make_iad_step(module: nn.Module, tx, tx_g, mesh, params: IADParams, config: AttackConfig,
                   num_classes: int, arch: tuple[int, int], batch_size: int, *, crop_padding: int, hflip: bool):
-    """Step 3: jitted (state, images uint8 [B,...], labels [B]) -> (state, metrics); state donated."""
+    """Step 3: jitted (state, images uint8 [B,...], labels [B]) -> (state, metrics); state donated.
+    The batch is augmented and triggered by `step_batch`."""
     nb, nc = batch_counts(batch_size, params)
+    batch = functools.partial(step_batch, params=params, config=config, num_classes=num_classes, arch=arch,
+                              nb=nb, nc=nc, crop_padding=crop_padding, hflip=hflip)
 
     def step(state: IADState, images, labels):
         key, perm_key, aug_key = jax.random.split(state.key, 3)
-        x = to_float(images)
-        x2 = x[jax.random.permutation(perm_key, x.shape[0])]
 
         def loss_fn(c_params, g_params):
-            inputs, targets, div = mixed_batch(g_params, state.mask_generator, x, x2, labels, nb, nc,
-                                               config, num_classes, arch)
-            inputs = crop_and_flip(aug_key, inputs, crop_padding, hflip)
+            inputs, targets, div = batch(g_params, state.mask_generator, images, labels, aug_key, perm_key)
             logits, updates = module.apply({"params": c_params, "batch_stats": state.batch_stats}, inputs,
                                            train=True, mutable=["batch_stats"])
             ce = cross_entropy(logits, targets)
@@ -518,7 +542,8 @@ class InputAwareDynamic(Attack):
                   (params.mask_epochs >= 0, "mask_epochs", "non-negative"),
                   (params.generator_lr > 0, "generator_lr", "positive"),
                   (params.base_channels is None or params.base_channels >= 1, "base_channels", "at least 1 (or None)"),
-                  (params.depth is None or params.depth >= 1, "depth", "at least 1 (or None)")]
+                  (params.depth is None or params.depth >= 1, "depth", "at least 1 (or None)"),
+                  (isinstance(params.augment_after_trigger, bool), "augment_after_trigger", "True or False")]
         check_settings("iad", params, checks,
                        values={"backdoor_ratio + cross_ratio": params.backdoor_ratio + params.cross_ratio})
 

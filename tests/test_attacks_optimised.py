@@ -8,14 +8,14 @@ import pytest
 
 from attacks.backdoor import load_attack, train_backdoor
 from attacks.base import AttackConfig
-from attacks.iad import (IAD, MASK_CHECKPOINTS, IADParams, diversity_loss, generate_mask, generate_pattern,
-                         init_generators, pretrain_mask)
+from attacks.iad import (IAD, MASK_CHECKPOINTS, IADParams, batch_counts, blend, diversity_loss, generate_mask,
+                         generate_pattern, init_generators, pretrain_mask, step_batch)
 from attacks.low_frequency import LOW_FREQUENCY, LowFrequencyParams, gaussian_blur, normalise, target_loss
 from attacks.label_consistent import LABEL_CONSISTENT, LCParams, four_corner_trigger, harden, label_consistent_poison
 from attacks.triggers import Trigger, load_trigger, save_trigger
 from attacks.trojannn import TROJANNN, TrojanNNParams, penultimate_features, select_neurons
 from backdoor_core import rundir
-from backdoor_core.augment import to_float
+from backdoor_core.augment import crop_and_flip, to_float
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import replicate, shard_batch
@@ -188,6 +188,41 @@ def test_iad_trigger_is_sample_specific_deterministic_and_reloads(mnist_subset, 
     expected = np.mean(rms(np.asarray(x[:4]), np.asarray(x[4:])) / (rms(patterns[:4], patterns[4:]) + 1e-7))
     assert float(diversity_loss(x[:4], x[4:], jnp.asarray(patterns[:4]), jnp.asarray(patterns[4:]))) == \
         pytest.approx(expected, rel=1e-4)
+
+
+def test_iad_step_augments_the_batch_before_triggering_it_as_the_official_code(mnist_subset):
+    """The official training step triggers images its dataloader already cropped and rotated, so
+    a trigger is never shifted off the image it was made for; `augment_after_trigger` gives the
+    order this library used before (the triggered batch cropped and flipped)."""
+    data = mixed(mnist_subset[0], 8)
+    images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
+    g, m = init_generators(jax.random.PRNGKey(0), data.image_shape, 8, 2)
+    aug_key, perm_key = jax.random.split(jax.random.PRNGKey(4))
+    params = IADParams(**TINY_IAD, backdoor_ratio=0.25, cross_ratio=0.25)
+    nb, nc = batch_counts(8, params)
+    config = AttackConfig(name="iad", target=0)
+
+    @jit_once
+    def batches_and_references():
+        run = lambda after: step_batch(g, m, images, labels, aug_key, perm_key, config=config, num_classes=10,
+                                       arch=(8, 2), nb=nb, nc=nc, crop_padding=3, hflip=True,
+                                       params=IADParams(**TINY_IAD, backdoor_ratio=0.25, cross_ratio=0.25,
+                                                        augment_after_trigger=after))
+        augment = lambda x: crop_and_flip(aug_key, x, 3, True)
+        trigger = lambda x: blend(x, generate_pattern(g, x, 8, 2), generate_mask(m, x, 8, 2))
+        x = to_float(images)
+        return run(False), run(True), trigger(augment(x)), augment(trigger(x)), augment(x)
+
+    (official, o_labels, _), (after, a_labels, _), trigger_of_augmented, augmented_trigger, augmented = \
+        jax.tree.map(np.asarray, batches_and_references())
+    assert (nb, nc) == (2, 2)
+    np.testing.assert_allclose(official[:nb], trigger_of_augmented[:nb], atol=1e-4)  # rounding (steep mask)
+    np.testing.assert_allclose(after[:nb], augmented_trigger[:nb], atol=1e-4)
+    assert np.abs(official[:nb] - after[:nb]).max() > 0.1  # the two orders give other images
+    for batch in (official, after):  # the clean part is the augmented batch either way
+        np.testing.assert_array_equal(batch[nb + nc:], augmented[nb + nc:])
+    np.testing.assert_array_equal(o_labels, a_labels)
+    assert (o_labels[:nb] == 0).all() and (o_labels[nb:] == np.asarray(labels)[nb:]).all()
 
 
 def test_an_iad_trigger_with_an_old_generator_tree_is_refused_clearly(mnist_subset):
