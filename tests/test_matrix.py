@@ -427,8 +427,8 @@ def test_shipped_matrix_configs_build_every_cell_config(name):
 
 def test_cpu_matrix_shortens_iad_mask_pretraining_and_the_paper_matrix_does_not():
     """The CPU matrix's documented IAD deviation (1 mask pre-training epoch) reaches the teacher's
-    attack settings, and so does its archived WaNet row's augmentation order; the paper matrix
-    keeps the official 25 epochs and order."""
+    attack settings, and so do its archived WaNet and IAD rows' augmentation orders; the paper
+    matrix keeps the official 25 epochs and orders."""
     from experiments.configs import matrix_cifar10_cpu, matrix_cifar10_paper
     from experiments.run import Matrix
 
@@ -439,12 +439,13 @@ def test_cpu_matrix_shortens_iad_mask_pretraining_and_the_paper_matrix_does_not(
         name = module.__name__.rsplit(".", 1)[-1]
         teacher = matrix.teacher_config("cifar10", "preact_resnet18", 0.25, "iad", 0, None)
         epochs[name] = teacher.params.iad.mask_epochs
-        order[name] = matrix.teacher_config("cifar10", "preact_resnet18", 0.25, "wanet", 0,
-                                            None).params.wanet.augment_after_warp
+        order[name] = (matrix.teacher_config("cifar10", "preact_resnet18", 0.25, "wanet", 0,
+                                             None).params.wanet.augment_after_warp, teacher.params.iad.augment_after_trigger)
         badnets = matrix.teacher_config("cifar10", "preact_resnet18", 0.25, "badnets", 0, None)
         assert badnets.params.iad.mask_epochs == 25 and badnets.params.wanet.augment_after_warp
+        assert not badnets.params.iad.augment_after_trigger
     assert epochs == {"matrix_cifar10_cpu": 1, "matrix_cifar10_paper": 25}
-    assert order == {"matrix_cifar10_cpu": False, "matrix_cifar10_paper": True}
+    assert order == {"matrix_cifar10_cpu": (False, True), "matrix_cifar10_paper": (True, False)}
 
 
 def test_cell_seconds_sum_recorded_attempts_and_mark_missing_ones(tiny_matrix, tmp_path):

@@ -32,6 +32,12 @@ IAD_CPU = {"iad": dict(params=dict(iad=dict(mask_epochs=1)))}
 # the archived row this config's own; drop it (and move the row's cells away) to train the row again
 # in the official order.
 WANET_ARCHIVED_ORDER = {"wanet": dict(params=dict(wanet=dict(augment_after_warp=False)))}
+# DEVIATION (kept for the archive): likewise, this matrix's IAD row was trained before 2026-12-07,
+# when the joint step cropped and flipped the batch after triggering it; the official code
+# triggers images its dataloader already augmented, our default since (`attacks.iad`,
+# `augment_after_trigger`). IAD_ARCHIVED_ROW is IAD_CPU plus that order; drop the order (and move
+# the row's cells away) to train the row again in the official order.
+IAD_ARCHIVED_ROW = {"iad": dict(params=dict(iad=dict(IAD_CPU["iad"]["params"]["iad"], augment_after_trigger=True)))}
 
 
 def matrix(name: str, source: str, attacks, defenses, variant: str, model: str = "preact_resnet18",
@@ -58,5 +64,5 @@ def matrix(name: str, source: str, attacks, defenses, variant: str, model: str =
 
 def get_config():
     c = matrix("cifar10", "../shared/data/cifar10.tar.gz", ATTACKS, DEFENSES, "cpu")
-    c.attack_overrides = ml_collections.ConfigDict({**CLEAN_LABEL_WITHIN_TARGET, **IAD_CPU, **WANET_ARCHIVED_ORDER})
+    c.attack_overrides = ml_collections.ConfigDict({**CLEAN_LABEL_WITHIN_TARGET, **IAD_ARCHIVED_ROW, **WANET_ARCHIVED_ORDER})
     return c
