@@ -17,7 +17,9 @@ Steps:
      official code draws x2 from a second loader, another random batch: the pairs are random
      training images either way, here about one per batch an image with itself, whose term is 0);
      m is then frozen. Resumable: checkpointed every epoch and on a stop request under
-     `mask_checkpoints/`, removed once the joint state holds m.
+     `mask_checkpoints/`, removed once the joint state holds m. DEVIATION: the pre-training
+     batches are not augmented (the official dataloader crops, rotates and flips them too); m
+     learns only a density and a diversity, and is frozen before the classifier sees a trigger.
   3. `make_iad_step` (one jitted joint step): of each batch of B images, the first
      round(backdoor_ratio B) get their own trigger and the target label, the next
      cross_ratio B get the trigger of another image of the batch and keep their label, the rest
