@@ -59,7 +59,7 @@ from tqdm import tqdm
 from attacks.base import Attack, AttackConfig, BackdoorJob
 from attacks.triggers import Trigger
 from backdoor_core import rundir
-from backdoor_core.augment import crop_and_flip, to_float
+from backdoor_core.augment import augment, to_float
 from backdoor_core.checkpoint import TrainCheckpoints, save_variables
 from backdoor_core.data import Split, batch_indices, steps_per_epoch
 from backdoor_core.errors import InputError, check_settings
@@ -370,30 +370,33 @@ def mixed_batch(g_params, m_params, x, x2, labels, nb, nc, config, num_classes, 
 
 
 def step_batch(g_params, m_params, images, labels, aug_key, perm_key, *, params: IADParams, config: AttackConfig,
-               num_classes: int, arch: tuple[int, int], nb: int, nc: int, crop_padding: int, hflip: bool):
+               num_classes: int, arch: tuple[int, int], nb: int, nc: int, crop_padding: int, hflip: bool,
+               augmentation: str = "crop_flip"):
     """What one joint step's classifier learns from: (inputs [B,H,W,C] in [0, 1], labels [B],
     diversity loss) for a batch of images [B,H,W,C] (uint8 or float) and its labels [B].
 
-    The images are augmented (crop with zero padding, optional flip, `aug_key`) and then triggered
+    The images are augmented (`backdoor_core.augment.augment`, the `augmentation` recipe: by default
+    a crop with zero padding and an optional flip; `aug_key`) and then triggered
     (`mixed_batch`, x2 their shuffle by `perm_key`): the official order. With
     params.augment_after_trigger the mixed batch is augmented instead (module docstring, step 3)."""
     x = to_float(images)
     if not params.augment_after_trigger:
-        x = crop_and_flip(aug_key, x, crop_padding, hflip)
+        x = augment(aug_key, x, augmentation, crop_padding, hflip)
     x2 = x[jax.random.permutation(perm_key, x.shape[0])]
     inputs, targets, div = mixed_batch(g_params, m_params, x, x2, labels, nb, nc, config, num_classes, arch)
     if params.augment_after_trigger:
-        inputs = crop_and_flip(aug_key, inputs, crop_padding, hflip)
+        inputs = augment(aug_key, inputs, augmentation, crop_padding, hflip)
     return inputs, targets, div
 
 
 def make_iad_step(module: nn.Module, tx, tx_g, mesh, params: IADParams, config: AttackConfig,
-                  num_classes: int, arch: tuple[int, int], batch_size: int, *, crop_padding: int, hflip: bool):
+                  num_classes: int, arch: tuple[int, int], batch_size: int, *, crop_padding: int, hflip: bool,
+                  augmentation: str = "crop_flip"):
     """Step 3: jitted (state, images uint8 [B,...], labels [B]) -> (state, metrics); state donated.
     The batch is augmented and triggered by `step_batch`."""
     nb, nc = batch_counts(batch_size, params)
     batch = functools.partial(step_batch, params=params, config=config, num_classes=num_classes, arch=arch,
-                              nb=nb, nc=nc, crop_padding=crop_padding, hflip=hflip)
+                              nb=nb, nc=nc, crop_padding=crop_padding, hflip=hflip, augmentation=augmentation)
 
     def step(state: IADState, images, labels):
         key, perm_key, aug_key = jax.random.split(state.key, 3)
@@ -514,7 +517,8 @@ def train_iad(job: BackdoorJob) -> tuple[FitResult, Trigger]:
             checkpoints.save(0, state)
             shutil.rmtree(run_dir / MASK_CHECKPOINTS, ignore_errors=True)
         step_fn = make_iad_step(module, tx, tx_g, mesh, params, job.config, job.train.num_classes, arch,
-                                config.batch_size, crop_padding=config.crop_padding, hflip=config.hflip)
+                                config.batch_size, crop_padding=config.crop_padding, hflip=config.hflip,
+                                augmentation=config.augmentation)
         state, complete, last = _run_epochs(step_fn, replicate(mesh, state), job, config, mesh, checkpoints,
                                             run_dir, arch, module)
         variables, trigger = jax.device_get(state.variables()), state_trigger(state, arch)

@@ -105,7 +105,7 @@ def compiled_train_step(spec: ModelSpec, config: TrainConfig, total_steps: int, 
     compiled program. `batch_transform` is keyed by identity."""
     tx = make_optimizer(config, total_steps)
     return tx, make_train_step(build_model(spec), tx, mesh, crop_padding=config.crop_padding, hflip=config.hflip,
-                               batch_transform=batch_transform)
+                               batch_transform=batch_transform, augmentation=config.augmentation)
 
 
 def _initial_state(spec: ModelSpec, config: TrainConfig, tx, initial_variables: dict | None) -> TrainState:

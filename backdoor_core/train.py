@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from backdoor_core.augment import crop_and_flip, to_float
+from backdoor_core.augment import AUGMENTATIONS, OFFICIAL_CROP_PADDING, augment, to_float
 from backdoor_core.data import Split, check_pixels, default_augmentation
 from backdoor_core.errors import check_settings, is_seed
 from backdoor_core.metrics import clean_accuracy
@@ -48,7 +48,11 @@ class TrainConfig:
       schedule: "cosine" (to 0 over training), "multistep" (x gamma at each milestone, given as
         fractions of training) or "constant".
       warmup_epochs: linear warm-up from 0 before the schedule.
-      crop_padding, hflip: augmentation; None takes the dataset's default (`default_augmentation`).
+      augmentation: the training recipe, one of `backdoor_core.augment.AUGMENTATIONS`:
+        "crop_flip" (BackdoorBench's), or the official WaNet ("wanet") or IAD ("iad") code's,
+        which add a rotation (`backdoor_core.augment`).
+      crop_padding, hflip: the crop's zero padding and the flip; None takes the dataset's default
+        (`default_augmentation`; padding 5 for the "wanet" and "iad" recipes, as their codes).
       seed: seeds initialisation, batch order and augmentation.
       checkpoint_every_steps: save a resumable state this often (0: at each epoch end).
       max_to_keep: how many training checkpoints are kept.
@@ -66,6 +70,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     crop_padding: int | None = None
     hflip: bool | None = None
+    augmentation: str = "crop_flip"
     seed: int = 0
     checkpoint_every_steps: int = 0
     max_to_keep: int = 2
@@ -79,14 +84,17 @@ class TrainConfig:
                   (all(0 < m < 1 for m in self.milestones), "milestones", "fractions of training in (0, 1)"),
                   (self.warmup_epochs >= 0, "warmup_epochs", "non-negative"),
                   (self.crop_padding is None or self.crop_padding >= 0, "crop_padding", "non-negative"),
+                  (self.augmentation in AUGMENTATIONS, "augmentation", f"one of {AUGMENTATIONS}"),
                   (self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "non-negative"),
                   (is_seed(self.seed), "seed", "a non-negative integer")]
         check_settings("training config", self, checks)
         return self
 
     def with_dataset_defaults(self, split: Split) -> "TrainConfig":
-        """Fills crop_padding and hflip left as None with the dataset's defaults."""
+        """Fills crop_padding and hflip left as None with the dataset's defaults (padding: the
+        official codes' 5 for the "wanet" and "iad" recipes)."""
         padding, flip = default_augmentation(split.name, split.image_shape)
+        padding = padding if self.augmentation == "crop_flip" else OFFICIAL_CROP_PADDING
         return dataclasses.replace(self, crop_padding=padding if self.crop_padding is None else self.crop_padding,
                                    hflip=flip if self.hflip is None else self.hflip)
 
@@ -178,26 +186,26 @@ class BeforeAugmentation:
 
 
 def training_batch(aug_key: jax.Array, transform_key: jax.Array, images: jax.Array, labels: jax.Array, *,
-                   crop_padding: int, hflip: bool,
-                   batch_transform: BatchTransform | None = None) -> tuple[jax.Array, jax.Array]:
+                   crop_padding: int, hflip: bool, batch_transform: BatchTransform | None = None,
+                   augmentation: str = "crop_flip") -> tuple[jax.Array, jax.Array]:
     """The batch one training step learns from: float images [B,H,W,C] in [0, 1] and labels [B].
 
-    Images (uint8 or float) are augmented with `aug_key` (random crop with zero padding, optional
-    flip) and passed through `batch_transform(transform_key, images, labels)` if given (on-the-fly
+    Images (uint8 or float) are augmented with `aug_key` (`backdoor_core.augment.augment`: the
+    `augmentation` recipe, by default a random crop with zero padding and an optional flip) and passed through `batch_transform(transform_key, images, labels)` if given (on-the-fly
     poisoning): after the augmentation, or before it if the transform is wrapped in
     `BeforeAugmentation`."""
     x = to_float(images)
     first = isinstance(batch_transform, BeforeAugmentation)
     if first:
         x, labels = batch_transform(transform_key, x, labels)
-    x = crop_and_flip(aug_key, x, crop_padding, hflip)
+    x = augment(aug_key, x, augmentation, crop_padding, hflip)
     if batch_transform is not None and not first:
         x, labels = batch_transform(transform_key, x, labels)
     return x, labels
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh, *, crop_padding: int,
-                    hflip: bool, batch_transform: BatchTransform | None = None):
+                    hflip: bool, batch_transform: BatchTransform | None = None, augmentation: str = "crop_flip"):
     """Builds the jitted step (state, images uint8 [B,H,W,C], labels [B]) -> (state, metrics).
 
     The batch is augmented on device and poisoned by `batch_transform` if given
@@ -208,7 +216,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh, *,
     def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
         key, aug_key, transform_key = jax.random.split(state.key, 3)
         x, labels = training_batch(aug_key, transform_key, images, labels, crop_padding=crop_padding, hflip=hflip,
-                                   batch_transform=batch_transform)
+                                   batch_transform=batch_transform, augmentation=augmentation)
         new_state, metrics = sgd_update(model, tx, state, x, labels)
         return new_state.replace(key=key), metrics
 

@@ -5,9 +5,10 @@ set and no clean data; `aft(model, variables, clean_set, AFTConfig())` with a cl
 `detect(model, variables, images)` names the class untargeted adversarial examples pile into.
 """
 
+from backdoor_core.augment import rotate  # PBE's rotation, shared with the training recipes
 from pbe_jax.aft import AFTConfig, aft, clean_subset
 from pbe_jax.detect import DetectConfig, Detection, detect
-from pbe_jax.finetune import AdversarialSchedule, AugmentConfig, FinetuneConfig, make_trainer, pbe_augment, rotate
+from pbe_jax.finetune import AdversarialSchedule, AugmentConfig, FinetuneConfig, make_trainer, pbe_augment
 from pbe_jax.pbe import PBEConfig, pbe
 from pbe_jax.selection import consistency_scores, random_subset, select_clean_subset
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from typing import Callable, NamedTuple
 
@@ -38,7 +37,7 @@ import optax
 from tqdm import tqdm
 
 from attacks.pgd import PGDConfig, model_logits_fn, pgd
-from backdoor_core.augment import random_crop, random_flip, to_float
+from backdoor_core.augment import random_crop, random_flip, random_rotation, to_float
 from backdoor_core.data import Split, batch_indices, default_augmentation, steps_per_epoch
 from backdoor_core.errors import InputError, check_settings
 from backdoor_core.sharding import check_batch_size, replicated, shard_batch
@@ -133,33 +132,6 @@ class AdversarialSchedule:
         return epoch < self.epochs or (epoch == self.epochs and batch < self.batches)
 
 
-def rotate(images: jax.Array, angles: jax.Array) -> jax.Array:
-    """Rotates each image [N,H,W,C] about its centre by angles [N] (radians), bilinear, zero fill."""
-    _, h, w, _ = images.shape
-    cy, cx = (h - 1) / 2, (w - 1) / 2
-    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy, jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij")
-
-    def one(image, angle):
-        cos, sin = jnp.cos(angle), jnp.sin(angle)  # inverse map: output pixel <- rotated source point
-        return bilinear_sample(image, cos * yy + sin * xx + cy, -sin * yy + cos * xx + cx)
-
-    return jax.vmap(one)(images, angles)
-
-
-def bilinear_sample(image: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
-    """image [H,W,C] sampled at float coordinates y, x [H',W'] -> [H',W',C]; zero outside."""
-    h, w, _ = image.shape
-    y0, x0 = jnp.floor(y), jnp.floor(x)
-    wy, wx = y - y0, x - x0
-    out = jnp.zeros(y.shape + image.shape[-1:], image.dtype)
-    for dy, dx, weight in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx), (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
-        yi, xi = (y0 + dy).astype(jnp.int32), (x0 + dx).astype(jnp.int32)
-        inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
-        pixel = image[jnp.clip(yi, 0, h - 1), jnp.clip(xi, 0, w - 1)]
-        out = out + jnp.where(inside, weight, 0.0)[..., None] * pixel
-    return out
-
-
 def pbe_augment(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Array:
     """PBE's augmentation of float images [N,H,W,C] in [0, 1] (module docstring, step 2).
 
@@ -171,9 +143,8 @@ def pbe_augment(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax
         apply = jax.random.bernoulli(crop_on, config.crop_prob, (n, 1, 1, 1))
         images = jnp.where(apply, random_crop(crop_key, images, config.crop_padding), images)
     if config.rotation_degrees and config.rotation_prob:
-        angles = jax.random.uniform(rot_key, (n,), jnp.float32, -1.0, 1.0) * math.radians(config.rotation_degrees)
         apply = jax.random.bernoulli(rot_on, config.rotation_prob, (n, 1, 1, 1))
-        images = jnp.where(apply, jnp.clip(rotate(images, angles), 0.0, 1.0), images)
+        images = jnp.where(apply, random_rotation(rot_key, images, config.rotation_degrees), images)
     return random_flip(flip_key, images) if config.hflip else images
 
 

@@ -15,7 +15,7 @@ from attacks.label_consistent import LABEL_CONSISTENT, LCParams, four_corner_tri
 from attacks.triggers import Trigger, load_trigger, save_trigger
 from attacks.trojannn import TROJANNN, TrojanNNParams, penultimate_features, select_neurons
 from backdoor_core import rundir
-from backdoor_core.augment import crop_and_flip, to_float
+from backdoor_core.augment import crop_and_flip, iad_augment, to_float
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import InputError
 from backdoor_core.sharding import replicate, shard_batch
@@ -204,17 +204,20 @@ def test_iad_step_augments_the_batch_before_triggering_it_as_the_official_code(m
 
     @jit_once
     def batches_and_references():
-        run = lambda after: step_batch(g, m, images, labels, aug_key, perm_key, config=config, num_classes=10,
-                                       arch=(8, 2), nb=nb, nc=nc, crop_padding=3, hflip=True,
-                                       params=IADParams(**TINY_IAD, backdoor_ratio=0.25, cross_ratio=0.25,
-                                                        augment_after_trigger=after))
+        run = lambda after, recipe="crop_flip": step_batch(
+            g, m, images, labels, aug_key, perm_key, config=config, num_classes=10, arch=(8, 2), nb=nb, nc=nc,
+            crop_padding=3, hflip=True, augmentation=recipe,
+            params=IADParams(**TINY_IAD, backdoor_ratio=0.25, cross_ratio=0.25, augment_after_trigger=after))
         augment = lambda x: crop_and_flip(aug_key, x, 3, True)
         trigger = lambda x: blend(x, generate_pattern(g, x, 8, 2), generate_mask(m, x, 8, 2))
         x = to_float(images)
-        return run(False), run(True), trigger(augment(x)), augment(trigger(x)), augment(x)
+        return (run(False), run(True), trigger(augment(x)), augment(trigger(x)), augment(x),
+                run(False, "iad")[0], trigger(iad_augment(aug_key, x, 3, True)))
 
-    (official, o_labels, _), (after, a_labels, _), trigger_of_augmented, augmented_trigger, augmented = \
-        jax.tree.map(np.asarray, batches_and_references())
+    ((official, o_labels, _), (after, a_labels, _), trigger_of_augmented, augmented_trigger, augmented,
+     official_recipe, trigger_of_official_recipe) = jax.tree.map(np.asarray, batches_and_references())
+    # the official code's own augmentation (crop, rotation: TrainConfig.augmentation="iad") likewise
+    np.testing.assert_allclose(official_recipe[:nb], trigger_of_official_recipe[:nb], atol=1e-4)
     assert (nb, nc) == (2, 2)
     np.testing.assert_allclose(official[:nb], trigger_of_augmented[:nb], atol=1e-4)  # rounding (steep mask)
     np.testing.assert_allclose(after[:nb], augmented_trigger[:nb], atol=1e-4)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from backdoor_core.augment import crop_and_flip, random_crop, random_flip, to_float
 
@@ -72,3 +73,74 @@ def test_a_transform_before_augmentation_has_its_output_cropped_and_flipped():
     np.testing.assert_array_equal(  # no transform: augmentation only, the same keys
         np.asarray(training_batch(aug_key, transform_key, images, labels, **kw)[0]),
         np.asarray(crop_and_flip(aug_key, to_float(images), 2, True)))
+
+
+def test_rotation_by_zero_is_identity_and_a_quarter_turn_is_rot90():
+    from backdoor_core.augment import rotate
+
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    turn = jax.jit(rotate, static_argnums=2)
+    for nearest in (False, True):
+        np.testing.assert_allclose(turn(x, jnp.zeros(2), nearest), x, atol=1e-6)
+        np.testing.assert_allclose(turn(x, jnp.full(2, np.pi / 2), nearest), jnp.rot90(x, 1, axes=(1, 2)), atol=1e-5)
+    # nearest neighbour copies pixels (or zero fill); bilinear blends them
+    small = np.asarray(turn(x, jnp.full(2, 0.3), True))
+    assert np.isin(small, np.append(np.asarray(x).ravel(), 0.0)).all()
+    assert not np.isin(np.asarray(turn(x, jnp.full(2, 0.3), False)), np.asarray(x).ravel()).all()
+
+
+def _changed_per_batch(recipe, keys, images, padding):
+    """How many images of `images` [N,...] each key's `recipe` call changes: int [len(keys)]."""
+    from backdoor_core.augment import augment
+
+    out = jax.jit(jax.vmap(lambda k: augment(k, images, recipe, padding, False)))(keys)
+    return np.asarray(jnp.any(out != images[None], axis=(2, 3, 4)).sum(-1))
+
+
+def test_the_wanet_recipe_crops_and_rotates_whole_batches_as_the_official_post_tensor_transform():
+    """WaNet's official `PostTensorTransform` decides per batch: crop on 80% of the batches (all its
+    images), rotation on half of the batches, of about half their images (kornia's p = 0.5)."""
+    images = jax.random.uniform(jax.random.PRNGKey(0), (16, 8, 8, 1)) + 0.5  # no zeros: a shift shows
+    keys = jax.random.split(jax.random.PRNGKey(1), 400)
+    changed = _changed_per_batch("wanet", keys, jnp.clip(images, 0, 1), 2)
+    # cropped batches: each image moved unless its offset is (2, 2) (1 in 25)
+    assert 0.7 < np.mean(changed >= 14) < 0.9
+    # a batch neither cropped nor rotated: 0.2 * 0.5 (per image, as torchvision's, ~never)
+    assert 0.05 < np.mean(changed == 0) < 0.17
+    rotated_only = _changed_per_batch("wanet", keys, jnp.clip(images, 0, 1), 0)  # no crop: rotation alone
+    assert 0.4 < np.mean(rotated_only == 0) < 0.6
+    assert 0.4 < rotated_only[rotated_only > 0].mean() / 16 < 0.6
+
+
+def test_the_iad_recipe_crops_and_rotates_every_image_with_nearest_neighbours():
+    from backdoor_core.augment import augment, iad_augment
+
+    images = jax.random.uniform(jax.random.PRNGKey(0), (64, 16, 16, 1))
+    out = np.asarray(jax.jit(lambda k, x: augment(k, x, "iad", 0, False))(jax.random.PRNGKey(2), images))
+    assert np.isin(out, np.append(np.asarray(images).ravel(), 0.0)).all()  # pixels copied, or zero fill
+    # on 16x16 an angle under ~2.7 degrees moves no pixel centre past half a pixel: ~73% of images change
+    assert 0.6 < (out != np.asarray(images)).any(axis=(1, 2, 3)).mean() < 0.85
+    changed = _changed_per_batch("iad", jax.random.split(jax.random.PRNGKey(1), 50), images + 0.0, 2)
+    assert (changed >= 60).all()  # every batch: per image, never per batch
+    np.testing.assert_array_equal(out, np.asarray(jax.jit(iad_augment, static_argnums=(2, 3))(
+        jax.random.PRNGKey(2), images, 0, False)))
+
+
+def test_the_training_batch_and_config_take_the_recipe():
+    from backdoor_core.augment import wanet_augment
+    from backdoor_core.data import Split
+    from backdoor_core.errors import InputError
+    from backdoor_core.train import TrainConfig, training_batch
+
+    images, labels = jnp.full((8, 8, 8, 3), 128, jnp.uint8), jnp.zeros((8,), jnp.int32)
+    aug_key = jax.random.PRNGKey(3)
+    got = training_batch(aug_key, jax.random.PRNGKey(4), images, labels, crop_padding=2, hflip=True,
+                         augmentation="wanet")[0]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(wanet_augment(aug_key, to_float(images), 2, True)))
+    split = Split(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int32), tuple("abcdefghij"), "cifar10")
+    assert TrainConfig().with_dataset_defaults(split).crop_padding == 4  # BackdoorBench's
+    for recipe in ("wanet", "iad"):
+        assert TrainConfig(augmentation=recipe).with_dataset_defaults(split).crop_padding == 5  # their codes'
+    assert TrainConfig(augmentation="iad", crop_padding=3).with_dataset_defaults(split).crop_padding == 3
+    with pytest.raises(InputError, match="augmentation = 'autoaugment'; expected one of"):
+        TrainConfig(augmentation="autoaugment").validate()

@@ -112,6 +112,16 @@ def test_train_step_compiles_once_and_is_sharded(mnist_subset, mesh4):
     assert jax.tree.leaves(state.params)[0].sharding.is_fully_replicated
 
 
+def test_fit_trains_with_the_configs_augmentation_recipe(mnist_subset, mesh1, monkeypatch):
+    from backdoor_core import fit as fit_module
+
+    seen = {}
+    monkeypatch.setattr(fit_module, "make_train_step", lambda *a, **kw: seen.update(kw))
+    config = dataclasses.replace(TINY, augmentation="wanet", crop_padding=5, hflip=False)
+    fit_module.compiled_train_step.__wrapped__(small_spec(mnist_subset[0]), config, 10, mesh1, None)
+    assert (seen["augmentation"], seen["crop_padding"], seen["hflip"]) == ("wanet", 5, False)
+
+
 def test_multistep_schedule_drops_at_milestones():
     config = TrainConfig(epochs=10, learning_rate=0.1, schedule="multistep", milestones=(0.5, 0.8))
     sched = learning_rate_schedule(config, 100)

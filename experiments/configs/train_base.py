@@ -20,5 +20,6 @@ def get_config():
         schedule="cosine", milestones=(0.5, 0.75), gamma=0.1, warmup_epochs=0.0,
         crop_padding=ml_collections.config_dict.placeholder(int),
         hflip=ml_collections.config_dict.placeholder(bool),
+        augmentation="crop_flip",  # or the official "wanet" / "iad" recipes (backdoor_core.augment)
         seed=0, checkpoint_every_steps=0, max_to_keep=2))
     return c
