@@ -18,9 +18,10 @@ Steps (as in the authors' code):
      go through the random crop and flip like the others, so the backdoor must survive them.
      The other attacks see the augmented batch. Until 2026-12-07 WaNet did too (its warped
      images were never cropped or flipped); `augment_after_warp=False` gives that order back.
-     Not reproduced: the authors' own augmentation (crop with padding 5 on 80% of the batches,
-     rotation up to 10 degrees on half of them, flip); our teachers share one recipe (CIFAR-10:
-     crop with padding 4, flip).
+     The authors' own augmentation (crop with padding 5 on 80% of the batches, rotation up to
+     10 degrees on about half the images of half of them, flip) is `TrainConfig.augmentation =
+     "wanet"` (`backdoor_core.augment`); our teachers share one recipe (CIFAR-10: crop with
+     padding 4, flip), the default.
 Defaults: k = 4, s = 0.5, grid_rescale = 1, cross_ratio = 2 (BackdoorBench), augment_after_warp.
 """
 
