@@ -109,14 +109,26 @@ def random_rotation(key: jax.Array, images: jax.Array, degrees: float, nearest: 
     return jnp.clip(rotate(images, angles, nearest), 0.0, 1.0)
 
 
-def wanet_augment(key: jax.Array, images: jax.Array, padding: int, hflip: bool) -> jax.Array:
-    """The "wanet" recipe (module docstring) on a batch [N,H,W,C]: crop on a batch with probability
-    0.8, rotation of each image with probability 1/2 on a batch with probability 1/2, flip."""
+def post_tensor_transform(key: jax.Array, images: jax.Array, *, padding: int, crop_prob: float, degrees: float,
+                          rotation_prob: float, hflip: bool, image_rotation_prob: float = 0.5) -> jax.Array:
+    """The official WaNet and PBE codes' `PostTensorTransform` (kornia) on a batch [N,H,W,C]: with
+    probability crop_prob for the whole batch, a random crop with zero padding (an offset per
+    image); with probability rotation_prob for the whole batch, each image with probability
+    image_rotation_prob (kornia RandomRotation's default 0.5) rotated by an angle uniform in
+    [-degrees, degrees] (bilinear, zero fill); then a flip of each image if hflip."""
     crop_on, crop_key, rotation_on, rotation_pick, rotation_key, flip_key = jax.random.split(key, 6)
-    images = jnp.where(jax.random.bernoulli(crop_on, 0.8), random_crop(crop_key, images, padding), images)
-    picked = jax.random.bernoulli(rotation_on, 0.5) & jax.random.bernoulli(rotation_pick, 0.5, (images.shape[0], 1, 1, 1))
-    images = jnp.where(picked, random_rotation(rotation_key, images, OFFICIAL_ROTATION), images)
+    images = jnp.where(jax.random.bernoulli(crop_on, crop_prob), random_crop(crop_key, images, padding), images)
+    picked = (jax.random.bernoulli(rotation_on, rotation_prob)
+              & jax.random.bernoulli(rotation_pick, image_rotation_prob, (images.shape[0], 1, 1, 1)))
+    images = jnp.where(picked, random_rotation(rotation_key, images, degrees), images)
     return random_flip(flip_key, images) if hflip else images
+
+
+def wanet_augment(key: jax.Array, images: jax.Array, padding: int, hflip: bool) -> jax.Array:
+    """The "wanet" recipe (module docstring) on a batch [N,H,W,C]: `post_tensor_transform` with
+    the official code's values (crop on 80% of the batches, rotation up to 10 degrees on half)."""
+    return post_tensor_transform(key, images, padding=padding, crop_prob=0.8, degrees=OFFICIAL_ROTATION,
+                                 rotation_prob=0.5, hflip=hflip)
 
 
 def iad_augment(key: jax.Array, images: jax.Array, padding: int, hflip: bool) -> jax.Array:

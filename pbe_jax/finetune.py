@@ -7,9 +7,11 @@ assigned labels, which breaks the trigger -> target shortcut without knowing the
 
 One training step (`make_trainer(...).step`, jitted, state donated, batch sharded):
   1. Split the state's key into the next key, an augmentation key and a PGD key.
-  2. Augment the uint8 batch on device (`pbe_augment`): random crop (zero pad 5) with p 0.8,
-     rotation by a uniform angle in +-10 degrees (bilinear, zero fill) with p 0.5, and a
-     horizontal flip with p 1/2 for datasets whose classes survive it (CIFAR).
+  2. Augment the uint8 batch on device (`pbe_augment`, the official code's kornia
+     `PostTensorTransform`): on 80% of the batches a random crop (zero pad 5), on half of them a
+     rotation of about half the images by a uniform angle in +-10 degrees (bilinear, zero fill),
+     and a horizontal flip with p 1/2 for datasets whose classes survive it (CIFAR). Before
+     2026-12-07 the crop and rotation were drawn per image (p 0.8 and 0.5; `per_batch=False`).
   3. If the step is adversarial, replace the batch by untargeted L-inf PGD examples
      (`attacks.pgd.pgd`) of the current model in inference mode, against the batch's labels
      (official: eps 6/255, alpha 1.2/255, 7 steps, no random start; clipped to [0, 1]). The flag
@@ -37,7 +39,7 @@ import optax
 from tqdm import tqdm
 
 from attacks.pgd import PGDConfig, model_logits_fn, pgd
-from backdoor_core.augment import random_crop, random_flip, random_rotation, to_float
+from backdoor_core.augment import post_tensor_transform, random_crop, random_flip, random_rotation, to_float
 from backdoor_core.data import Split, batch_indices, default_augmentation, steps_per_epoch
 from backdoor_core.errors import InputError, check_settings
 from backdoor_core.sharding import check_batch_size, replicated, shard_batch
@@ -46,12 +48,16 @@ from backdoor_core.train import TrainConfig, TrainState, make_optimizer, sgd_upd
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """PBE's training augmentation (official code's torchvision pipeline).
+    """PBE's training augmentation (the official code's kornia `PostTensorTransform`).
 
     Attributes:
       crop_padding: zero padding of the random crop; crop_prob: probability it is applied.
       rotation_degrees: rotation angle drawn uniformly in [-d, d]; rotation_prob: probability.
       hflip: random horizontal flip; None takes the dataset's default (CIFAR only).
+      per_batch: True (the official code): crop_prob and rotation_prob are drawn once per batch,
+        and a batch picked for rotation rotates each image with probability 1/2 (kornia's
+        default; `backdoor_core.augment.post_tensor_transform`); False: both drawn per image
+        (this library before 2026-12-07, and BackdoorBench's per-image FT transform).
     """
 
     crop_padding: int = 5
@@ -59,12 +65,14 @@ class AugmentConfig:
     rotation_degrees: float = 10.0
     rotation_prob: float = 0.5
     hflip: bool | None = None
+    per_batch: bool = True
 
     def validate(self) -> "AugmentConfig":
         checks = [(self.crop_padding >= 0, "crop_padding", "non-negative"),
                   (0 <= self.crop_prob <= 1, "crop_prob", "a probability in [0, 1]"),
                   (0 <= self.rotation_degrees <= 180, "rotation_degrees", "in [0, 180]"),
-                  (0 <= self.rotation_prob <= 1, "rotation_prob", "a probability in [0, 1]")]
+                  (0 <= self.rotation_prob <= 1, "rotation_prob", "a probability in [0, 1]"),
+                  (isinstance(self.per_batch, bool), "per_batch", "True or False")]
         check_settings("augmentation config", self, checks)
         return self
 
@@ -135,8 +143,14 @@ class AdversarialSchedule:
 def pbe_augment(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Array:
     """PBE's augmentation of float images [N,H,W,C] in [0, 1] (module docstring, step 2).
 
-    config.hflip must be resolved (a bool). Each image draws its own crop, angle and flips.
+    config.hflip must be resolved (a bool). Each image draws its own crop offset, angle and flip;
+    whether a crop or rotation happens is drawn per batch (config.per_batch, the official code) or
+    per image.
     """
+    if config.per_batch:
+        return post_tensor_transform(key, images, padding=config.crop_padding, crop_prob=config.crop_prob,
+                                     degrees=config.rotation_degrees, rotation_prob=config.rotation_prob,
+                                     hflip=config.hflip)
     crop_key, crop_on, rot_key, rot_on, flip_key = jax.random.split(key, 5)
     n = images.shape[0]
     if config.crop_padding and config.crop_prob:

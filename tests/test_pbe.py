@@ -12,7 +12,7 @@ from attacks.backdoor import POISONED_INDICES, load_attack, train_backdoor
 from attacks.base import AttackConfig
 from attacks.pgd import PGDConfig, model_logits_fn, pgd
 from backdoor_core import rundir
-from backdoor_core.augment import to_float
+from backdoor_core.augment import post_tensor_transform, to_float
 from backdoor_core.checkpoint import TrainCheckpoints
 from backdoor_core.errors import InputError
 from backdoor_core.models import spec_for_data
@@ -103,9 +103,17 @@ def test_rotation_and_augmentation():
     np.testing.assert_allclose(rotated(x, jnp.zeros(2)), x, atol=1e-6)
     quarter = rotated(x, jnp.full(2, np.pi / 2))
     np.testing.assert_allclose(quarter, jnp.rot90(x, 1, axes=(1, 2)), atol=1e-5)  # image-coordinates convention
-    out = jit_once(lambda k, x: pbe_augment(k, x, AugmentConfig(hflip=True)))(jax.random.PRNGKey(1), x)
-    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
-    assert not np.allclose(out, x)
+    official, per_image, reference = jit_once(lambda k, x: (
+        pbe_augment(k, x, AugmentConfig(hflip=True)), pbe_augment(k, x, AugmentConfig(hflip=True, per_batch=False)),
+        post_tensor_transform(k, x, padding=5, crop_prob=0.8, degrees=10.0, rotation_prob=0.5, hflip=True)))(
+        jax.random.PRNGKey(1), x)
+    for out in (official, per_image):
+        assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+        assert not np.allclose(out, x)
+    # the official code's PostTensorTransform (crop and rotation chosen per batch: its statistics
+    # are tested in test_augment.py); per_batch=False draws them per image
+    np.testing.assert_array_equal(official, reference)
+    assert not np.allclose(official, per_image)
 
 
 def test_pgd_inside_the_step_matches_standalone(data, backdoored, mesh1):

@@ -23,7 +23,7 @@ VARIANTS = {
     "smoke": dict(epochs=2, adversarial_epochs=0, learning_rate=0.01, batch_size=32, lr_schedule="cosine"),
 }
 # BackdoorBench's FT transform: crop with 4-pixel padding on every image, flip; no rotation.
-AUGMENT = dict(crop_padding=4, crop_prob=1.0, rotation_degrees=0.0, rotation_prob=0.0)
+AUGMENT = dict(crop_padding=4, crop_prob=1.0, rotation_degrees=0.0, rotation_prob=0.0, per_batch=False)
 
 
 def get_config(variant: str = "paper"):

@@ -38,6 +38,12 @@ WANET_ARCHIVED_ORDER = {"wanet": dict(params=dict(wanet=dict(augment_after_warp=
 # `augment_after_trigger`). IAD_ARCHIVED_ROW is IAD_CPU plus that order; drop the order (and move
 # the row's cells away) to train the row again in the official order.
 IAD_ARCHIVED_ROW = {"iad": dict(params=dict(iad=dict(IAD_CPU["iad"]["params"]["iad"], augment_after_trigger=True)))}
+# DEVIATION (kept for the archive): every PBE and AFT cell of this matrix (and of the GTSRB one) ran
+# before 2026-12-07, when PBE's augmentation drew its crop (p 0.8) and rotation (p 0.5) per image;
+# the official code's kornia PostTensorTransform draws them per batch and rotates half the images
+# of a chosen batch, the default since (`pbe_jax.finetune.AugmentConfig.per_batch`). Drop this (and
+# move the cells away) to run them again the official way.
+PBE_ARCHIVED_AUGMENT = {name: dict(augment=dict(per_batch=False)) for name in ("pbe", "aft")}
 
 
 def matrix(name: str, source: str, attacks, defenses, variant: str, model: str = "preact_resnet18",
@@ -65,4 +71,5 @@ def matrix(name: str, source: str, attacks, defenses, variant: str, model: str =
 def get_config():
     c = matrix("cifar10", "../shared/data/cifar10.tar.gz", ATTACKS, DEFENSES, "cpu")
     c.attack_overrides = ml_collections.ConfigDict({**CLEAN_LABEL_WITHIN_TARGET, **IAD_ARCHIVED_ROW, **WANET_ARCHIVED_ORDER})
+    c.defense_overrides = ml_collections.ConfigDict(PBE_ARCHIVED_AUGMENT)
     return c
