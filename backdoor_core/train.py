@@ -191,7 +191,8 @@ def training_batch(aug_key: jax.Array, transform_key: jax.Array, images: jax.Arr
     """The batch one training step learns from: float images [B,H,W,C] in [0, 1] and labels [B].
 
     Images (uint8 or float) are augmented with `aug_key` (`backdoor_core.augment.augment`: the
-    `augmentation` recipe, by default a random crop with zero padding and an optional flip) and passed through `batch_transform(transform_key, images, labels)` if given (on-the-fly
+    `augmentation` recipe, by default a random crop with zero padding and an optional flip) and
+    passed through `batch_transform(transform_key, images, labels)` if given (on-the-fly
     poisoning): after the augmentation, or before it if the transform is wrapped in
     `BeforeAugmentation`."""
     x = to_float(images)
