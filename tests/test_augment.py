@@ -134,9 +134,10 @@ def test_the_training_batch_and_config_take_the_recipe():
 
     images, labels = jnp.full((8, 8, 8, 3), 128, jnp.uint8), jnp.zeros((8,), jnp.int32)
     aug_key = jax.random.PRNGKey(3)
-    got = training_batch(aug_key, jax.random.PRNGKey(4), images, labels, crop_padding=2, hflip=True,
-                         augmentation="wanet")[0]
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(wanet_augment(aug_key, to_float(images), 2, True)))
+    got, expected = jax.jit(lambda: (  # one program: op by op the rotation compiles slowly
+        training_batch(aug_key, jax.random.PRNGKey(4), images, labels, crop_padding=2, hflip=True,
+                       augmentation="wanet")[0], wanet_augment(aug_key, to_float(images), 2, True)))()
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     split = Split(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int32), tuple("abcdefghij"), "cifar10")
     assert TrainConfig().with_dataset_defaults(split).crop_padding == 4  # BackdoorBench's
     for recipe in ("wanet", "iad"):
