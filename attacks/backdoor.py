@@ -92,6 +92,13 @@ def attack_record(config: AttackConfig, attack: Attack, params) -> dict:
             "poisoning": poisoning_kind(attack, config)}
 
 
+def attack_record_defaults(attack: Attack) -> dict:
+    """`attack_record` of `attack` at its default settings: what a setting an older record lacks
+    (one added since) is compared with when an unfinished run resumes (`rundir.open_run`)."""
+    default = AttackConfig(name=attack.name)
+    return attack_record(default, attack, attack.params(default))
+
+
 def _initial_trigger(attack: Attack, config: AttackConfig, params, train: Split, run_dir: Path,
                      clean_model: TrainedModel | None) -> Trigger:
     """Step 2: the trigger saved by an unfinished run in run_dir, else a freshly built one."""
@@ -125,12 +132,13 @@ def train_backdoor(config: AttackConfig, model: str, width: float, train: Split,
     trigger = _initial_trigger(attack, config, params, train, run_dir, clean_model)
     description = attack_record(config, attack, params)
     record = {**(record or {}), "kind": "attack", "attack": description, "config": {"attack": description}}
+    defaults = {"attack": attack_record_defaults(attack)}
     module = build_model(spec)
     indices = None
     if attack.custom_training:
         job = BackdoorJob(config, params, spec, train, test, train_config, run_dir, mesh,
                           jax.random.fold_in(jax.random.PRNGKey(config.seed), 2), record, clean_model,
-                          stop_after_steps, progress)
+                          stop_after_steps, progress, defaults)
         result, trigger = attack.train_backdoored(job)
     else:
         transform, poisoned = None, train
@@ -142,6 +150,7 @@ def train_backdoor(config: AttackConfig, model: str, width: float, train: Split,
             poisoned, indices = attack.poison(train, config, trigger, params=params, clean_model=clean_model, mesh=mesh)
             record["attack"] = {**description, "num_poisoned": len(indices)}
         result = fit(spec, poisoned, train_config, run_dir, mesh=mesh, batch_transform=transform, record=record,
+                     defaults=defaults,
                      eval_fn=backdoor_eval_fn(module, test, config, trigger, mesh),
                      stop_after_steps=stop_after_steps, progress=progress)
     save_trigger(result.run_dir, trigger)

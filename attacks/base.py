@@ -150,6 +150,7 @@ class BackdoorJob:
     clean_model: TrainedModel | None = None
     stop_after_steps: int | None = None
     progress: bool = True
+    defaults: dict | None = None  # record-shaped defaults of record['config'] (`backdoor_core.fit.fit`)
 
 
 class Attack:

@@ -63,7 +63,7 @@ from backdoor_core.augment import augment, to_float
 from backdoor_core.checkpoint import TrainCheckpoints, save_variables
 from backdoor_core.data import Split, batch_indices, steps_per_epoch
 from backdoor_core.errors import InputError, check_settings
-from backdoor_core.fit import FitResult, check_split_fits
+from backdoor_core.fit import FitResult, check_split_fits, with_train_defaults
 from backdoor_core.interrupt import stop_requested
 from backdoor_core.models import build_model, init_variables
 from backdoor_core.models.conv import conv_fn
@@ -498,7 +498,7 @@ def train_iad(job: BackdoorJob) -> tuple[FitResult, Trigger]:
     record["config"] = {**record.get("config", {}), "train": dataclasses.asdict(config)}
     tx, tx_g = make_optimizer(config, spe * config.epochs), generator_optimizer(params, config, spe * config.epochs)
     module = build_model(job.spec)
-    with rundir.open_run(job.run_dir, record) as (run_dir, resuming):
+    with rundir.open_run(job.run_dir, record, with_train_defaults(job.defaults)) as (run_dir, resuming):
         checkpoints = TrainCheckpoints(run_dir / rundir.CHECKPOINTS, config.max_to_keep)
         state = initial_state(job, config, tx, tx_g, arch)
         if resuming and checkpoints.latest_step() is not None:

@@ -46,7 +46,7 @@ def check_split_fits(split: Split, spec: ModelSpec, what: str = "training data")
 
 def fit(spec: ModelSpec, train: Split, config: TrainConfig, run_dir: Path, *, mesh=None,
         eval_fn: EvalFn | None = None, batch_transform: BatchTransform | None = None,
-        initial_variables: dict | None = None, record: dict | None = None,
+        initial_variables: dict | None = None, record: dict | None = None, defaults: dict | None = None,
         stop_after_steps: int | None = None, progress: bool = True) -> FitResult:
     """Trains `spec` on `train` into `run_dir`, resuming it if it holds an unfinished run.
 
@@ -60,6 +60,10 @@ def fit(spec: ModelSpec, train: Split, config: TrainConfig, run_dir: Path, *, me
         augmented training batch (on-the-fly poisoning).
       initial_variables: start from these instead of a fresh initialisation.
       record: extra fields for record.json; its 'config' entries join the resume check.
+      defaults: the default values of `record['config']`'s other entries, record-shaped (e.g.
+        {"attack": {...}}): a setting an unfinished run's older record lacks counts as equal when
+        it is left at its default (`rundir.open_run`); the training config's own defaults are
+        added here.
       stop_after_steps: stop (after checkpointing) once this many steps are done, leaving the
         run resumable (at an epoch's last step, after that epoch's evaluation and history row);
         used for time-boxed sessions and resume tests.
@@ -80,7 +84,7 @@ def fit(spec: ModelSpec, train: Split, config: TrainConfig, run_dir: Path, *, me
     # The seed lives in the state, not the step: runs differing only in it share a program.
     tx, step_fn = compiled_train_step(spec, dataclasses.replace(config, seed=0), spe * config.epochs, mesh,
                                       batch_transform)
-    with rundir.open_run(run_dir, record) as (run_dir, resuming):
+    with rundir.open_run(run_dir, record, with_train_defaults(defaults)) as (run_dir, resuming):
         checkpoints = TrainCheckpoints(run_dir / rundir.CHECKPOINTS, config.max_to_keep)
         state = _initial_state(spec, config, tx, initial_variables)
         if resuming and checkpoints.latest_step() is not None:
@@ -95,6 +99,13 @@ def fit(spec: ModelSpec, train: Split, config: TrainConfig, run_dir: Path, *, me
             rundir.update_record(run_dir, status="complete", metrics=final, steps=int(state.step))
         checkpoints.close()
     return FitResult(variables, rundir.read_history(run_dir), complete, run_dir)
+
+
+def with_train_defaults(defaults: dict | None = None) -> dict:
+    """`defaults` (record-shaped defaults of a run's `record['config']`, see `rundir.open_run`) with
+    the TrainConfig's field defaults under "train": a training run recorded before a TrainConfig
+    field existed (e.g. `augmentation`) resumes when the field is left at its default."""
+    return {**(defaults or {}), "train": dataclasses.asdict(TrainConfig())}
 
 
 @functools.lru_cache(maxsize=8)

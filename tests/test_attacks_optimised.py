@@ -308,7 +308,11 @@ def test_iad_joint_training_plants_a_backdoor(mnist_subset, mesh1, tmp_path, mon
     # a stop during the mask generator's pre-training keeps the run (its checkpoint) for the resume
     monkeypatch.setattr("attacks.iad.stop_requested", _stop_at(2))
     assert not run().fit.complete and (tmp_path / "iad" / MASK_CHECKPOINTS / "2").is_dir()
-    assert rundir.read_record(tmp_path / "iad")["status"] == "running"
+    record = rundir.read_record(tmp_path / "iad")
+    assert record["status"] == "running"
+    # a run recorded before these settings existed resumes at their defaults (IAD's own open_run)
+    del record["config"]["train"]["augmentation"], record["config"]["attack"]["params"]["augment_after_trigger"]
+    rundir.write_json(tmp_path / "iad" / rundir.RECORD, record)
     monkeypatch.setattr("attacks.iad.stop_requested", lambda: None)
     result = run()
     assert not (tmp_path / "iad" / MASK_CHECKPOINTS).exists()  # step 2's result now lives in checkpoints/0

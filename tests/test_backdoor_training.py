@@ -291,3 +291,26 @@ def test_the_clean_model_of_an_optimised_trigger_must_be_a_clean_run(mnist_subse
     renamed = dataclasses.replace(train, name="fashion")
     load_clean_model(str(clean_run), renamed)  # same shape and classes, another dataset: a note only
     assert "was trained on 'mnist_subset', the attack runs on 'fashion'" in capsys.readouterr().err
+
+
+def test_an_attack_run_recorded_before_a_setting_existed_resumes_at_its_default(mnist_subset, mesh1, tmp_path):
+    """An unfinished attack run whose record predates a training or attack setting (TrainConfig's
+    `augmentation`, a trigger parameter) resumes while the new setting is at its default, and is
+    another configuration otherwise. (Session 56: a CIFAR-10 IAD run started before `augmentation`
+    existed was refused its resume.)"""
+    train, test = mixed(mnist_subset[0], 64), mixed(mnist_subset[1], 32, seed=1)
+    config = AttackConfig("badnets", poison_ratio=0.25)
+    recipe = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, crop_padding=2, hflip=False, seed=0)
+    run = tmp_path / "run"
+    go = lambda c=config, r=recipe: train_backdoor(c, "small_cnn", 0.25, train, test, r, run, mesh=mesh1,
+                                                   progress=False, stop_after_steps=1)
+    assert not go().fit.complete
+    record = rundir.read_record(run)
+    del record["config"]["train"]["augmentation"], record["config"]["attack"]["params"]["margin"]
+    rundir.write_json(run / rundir.RECORD, record)
+    with pytest.raises(InputError, match=r"train.augmentation: was None, now 'wanet'"):
+        go(r=dataclasses.replace(recipe, augmentation="wanet"))
+    with pytest.raises(InputError, match=r"attack.params.margin: was None, now 1"):
+        go(c=dataclasses.replace(config, params={"margin": 1}))
+    done = train_backdoor(config, "small_cnn", 0.25, train, test, recipe, run, mesh=mesh1, progress=False)
+    assert done.fit.complete and [r["step"] for r in done.fit.history] == [2, 4]
