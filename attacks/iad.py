@@ -17,9 +17,10 @@ Steps:
      official code draws x2 from a second loader, another random batch: the pairs are random
      training images either way, here about one per batch an image with itself, whose term is 0);
      m is then frozen. Resumable: checkpointed every epoch and on a stop request under
-     `mask_checkpoints/`, removed once the joint state holds m. DEVIATION: the pre-training
-     batches are not augmented (the official dataloader crops, rotates and flips them too); m
-     learns only a density and a diversity, and is frozen before the classifier sees a trigger.
+     `mask_checkpoints/`, removed once the joint state holds m. The pre-training batches are
+     augmented with the training recipe, as the official loaders crop, rotate and flip them
+     (`augment_mask_batches`; before 2026-12-08 this library pre-trained on the raw images,
+     `augment_mask_batches=False`, archived runs).
   3. `make_iad_step` (one jitted joint step): of each batch of B images, the first
      round(backdoor_ratio B) get their own trigger and the target label, the next
      cross_ratio B get the trigger of another image of the batch and keep their label, the rest
@@ -89,6 +90,9 @@ class IADParams:
         2 below 32 px, 32 and 3 otherwise.
       augment_after_trigger: False (the official order): the clean batch is augmented, then
         triggered; True: the triggered batch is augmented (this library before 2026-12-07).
+      augment_mask_batches: True (the official code, whose pre-training reads the same augmented
+        loaders as its joint training): the mask generator's pre-training batches are augmented
+        with the training recipe; False: they are the raw images (this library before 2026-12-08).
     """
 
     backdoor_ratio: float = 0.1
@@ -101,6 +105,7 @@ class IADParams:
     base_channels: int | None = None
     depth: int | None = None
     augment_after_trigger: bool = False
+    augment_mask_batches: bool = True
 
     def architecture(self, image_shape: tuple[int, int, int]) -> tuple[int, int]:
         """(base_channels, depth) for images of `image_shape`."""
@@ -257,11 +262,18 @@ def mask_loss(m_params, x: jax.Array, perm: jax.Array, params: IADParams, base_c
     return params.lambda_norm * density + params.lambda_div * diversity_loss(x, x[perm], m1, m1[perm])
 
 
-def make_mask_step(params: IADParams, base_channels: int, depth: int, tx, mesh):
-    """Step 2: jitted (mask params, opt state, images uint8 [B,...], key) -> (params, opt state, loss)."""
+def make_mask_step(params: IADParams, base_channels: int, depth: int, tx, mesh, *, crop_padding: int = 0,
+                   hflip: bool = False, augmentation: str = "crop_flip"):
+    """Step 2: jitted (mask params, opt state, images uint8 [B,...], key) -> (params, opt state, loss).
+
+    With params.augment_mask_batches the images are first augmented by the training recipe
+    (`backdoor_core.augment.augment`; key fold_in(key, 1)), as the official loaders do; the shuffle
+    uses `key` itself either way, so a run without augmentation draws as before."""
 
     def step(m_params, opt_state, images, key):
         x = to_float(images)
+        if params.augment_mask_batches:
+            x = augment(jax.random.fold_in(key, 1), x, augmentation, crop_padding, hflip)
         perm = jax.random.permutation(key, x.shape[0])
         loss, grads = jax.value_and_grad(mask_loss)(m_params, x, perm, params, base_channels, depth)
         updates, opt_state = tx.update(grads, opt_state, m_params)
@@ -272,11 +284,13 @@ def make_mask_step(params: IADParams, base_channels: int, depth: int, tx, mesh):
 
 
 @functools.lru_cache(maxsize=4)
-def _mask_program(params: IADParams, base_channels: int, depth: int, mesh):
+def _mask_program(params: IADParams, base_channels: int, depth: int, mesh, crop_padding: int = 0,
+                  hflip: bool = False, augmentation: str = "crop_flip"):
     """(Adam at generator_lr, the jitted mask step), one per setting: a resumed pre-training in the
     same process compiles once."""
     tx = generator_optimizer(params, None, 1, schedule=False)
-    return tx, make_mask_step(params, base_channels, depth, tx, mesh)
+    return tx, make_mask_step(params, base_channels, depth, tx, mesh, crop_padding=crop_padding, hflip=hflip,
+                              augmentation=augmentation)
 
 
 MASK_CHECKPOINTS = "mask_checkpoints"  # step 2's states, under the run directory, until step 3 starts
@@ -293,7 +307,8 @@ def pretrain_mask(m_params, train: Split, params: IADParams, config: TrainConfig
     checkpoints resumes from the latest one and ends with the same params as an uninterrupted
     run (same batches, same keys).
     """
-    tx, step_fn = _mask_program(params, base_channels, depth, mesh)
+    tx, step_fn = _mask_program(params, base_channels, depth, mesh, config.crop_padding or 0, bool(config.hflip),
+                                config.augmentation)
     state = {"step": jnp.zeros((), jnp.int32), "params": m_params, "opt_state": tx.init(m_params)}
     if checkpoints is not None and checkpoints.latest_step() is not None:
         state = checkpoints.restore(state)
@@ -549,7 +564,8 @@ class InputAwareDynamic(Attack):
                   (params.generator_lr > 0, "generator_lr", "positive"),
                   (params.base_channels is None or params.base_channels >= 1, "base_channels", "at least 1 (or None)"),
                   (params.depth is None or params.depth >= 1, "depth", "at least 1 (or None)"),
-                  (isinstance(params.augment_after_trigger, bool), "augment_after_trigger", "True or False")]
+                  (isinstance(params.augment_after_trigger, bool), "augment_after_trigger", "True or False"),
+                  (isinstance(params.augment_mask_batches, bool), "augment_mask_batches", "True or False")]
         check_settings("iad", params, checks,
                        values={"backdoor_ratio + cross_ratio": params.backdoor_ratio + params.cross_ratio})
 

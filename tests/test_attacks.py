@@ -74,6 +74,7 @@ def test_params_defaults_and_unknown_parameter():
     (AttackConfig(name="wanet", poison_ratio=0.5), {}, "needs more than the whole batch"),
     (AttackConfig(name="wanet"), {"augment_after_warp": "yes"}, "augment_after_warp = 'yes'; expected True or False"),
     (AttackConfig(name="iad"), {"augment_after_trigger": 1}, "iad: augment_after_trigger = 1; expected True or False"),
+    (AttackConfig(name="iad"), {"augment_mask_batches": "no"}, "iad: augment_mask_batches = 'no'; expected True or False"),
     (AttackConfig(seed=-1), {}, "attack seed = -1; expected a non-negative integer"),
 ])
 def test_bad_settings_raise_one_clear_error(config, params, message):

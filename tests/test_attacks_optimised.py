@@ -1,6 +1,8 @@
 """Optimisation-based attacks: TrojanNN's patch, LC's hardened clean-label poison, IAD's generators,
 LF's low-frequency universal perturbation."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -288,9 +290,21 @@ def test_iad_mask_loss_equals_the_two_pass_loss_of_the_official_code(mnist_subse
     other = jax.jit(mask_loss, static_argnums=(3, 4, 5))(m, x, jnp.arange(16)[::-1], params, 8, 2)
     assert abs(float(other) - float(want)) > 1e-3
     # and the jitted step minimises exactly this loss, on this shuffle of the batch
-    tx, step = _mask_program(params, 8, 2, mesh1)
+    tx, step = _mask_program(params, 8, 2, mesh1)  # (the recipe with padding 0 and no flip changes nothing)
     host = jax.device_get(m)
     assert float(step(host, tx.init(host), jnp.asarray(images), key)[2]) == pytest.approx(float(want), rel=1e-5)
+    # With the official recipe the step pre-trains on augmented images (key fold_in(key, 1)), as the
+    # official loaders feed it; augment_mask_batches=False keeps the raw images (archived runs).
+    from backdoor_core.augment import augment
+
+    _, aug_step = _mask_program(params, 8, 2, mesh1, 2, True, "iad")
+    augmented = augment(jax.random.fold_in(key, 1), x, "iad", 2, True)
+    assert np.abs(np.asarray(augmented - x)).mean() > 0.01
+    want_aug = jit_once(mask_loss, static_argnums=(3, 4, 5))(m, augmented, perm, params, 8, 2)
+    got_aug = aug_step(host, tx.init(host), jnp.asarray(images), key)[2]
+    assert float(got_aug) == pytest.approx(float(want_aug), rel=1e-5) and abs(float(got_aug) - float(want)) > 1e-3
+    _, raw_step = _mask_program(dataclasses.replace(params, augment_mask_batches=False), 8, 2, mesh1, 2, True, "iad")
+    assert float(raw_step(host, tx.init(host), jnp.asarray(images), key)[2]) == pytest.approx(float(want), rel=1e-5)
 
 
 def _stop_at(call: int):

@@ -440,12 +440,13 @@ def test_cpu_matrix_shortens_iad_mask_pretraining_and_the_paper_matrix_does_not(
         teacher = matrix.teacher_config("cifar10", "preact_resnet18", 0.25, "iad", 0, None)
         epochs[name] = teacher.params.iad.mask_epochs
         order[name] = (matrix.teacher_config("cifar10", "preact_resnet18", 0.25, "wanet", 0,
-                                             None).params.wanet.augment_after_warp, teacher.params.iad.augment_after_trigger)
+                                             None).params.wanet.augment_after_warp, teacher.params.iad.augment_after_trigger,
+                       teacher.params.iad.augment_mask_batches)
         badnets = matrix.teacher_config("cifar10", "preact_resnet18", 0.25, "badnets", 0, None)
         assert badnets.params.iad.mask_epochs == 25 and badnets.params.wanet.augment_after_warp
-        assert not badnets.params.iad.augment_after_trigger
+        assert not badnets.params.iad.augment_after_trigger and badnets.params.iad.augment_mask_batches
     assert epochs == {"matrix_cifar10_cpu": 1, "matrix_cifar10_paper": 25}
-    assert order == {"matrix_cifar10_cpu": (False, True), "matrix_cifar10_paper": (True, False)}
+    assert order == {"matrix_cifar10_cpu": (False, True, False), "matrix_cifar10_paper": (True, False, True)}
 
 
 def test_cell_seconds_sum_recorded_attempts_and_mark_missing_ones(tiny_matrix, tmp_path):

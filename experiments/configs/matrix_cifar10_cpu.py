@@ -35,9 +35,12 @@ WANET_ARCHIVED_ORDER = {"wanet": dict(params=dict(wanet=dict(augment_after_warp=
 # DEVIATION (kept for the archive): likewise, this matrix's IAD row was trained before 2026-12-07,
 # when the joint step cropped and flipped the batch after triggering it; the official code
 # triggers images its dataloader already augmented, our default since (`attacks.iad`,
-# `augment_after_trigger`). IAD_ARCHIVED_ROW is IAD_CPU plus that order; drop the order (and move
-# the row's cells away) to train the row again in the official order.
-IAD_ARCHIVED_ROW = {"iad": dict(params=dict(iad=dict(IAD_CPU["iad"]["params"]["iad"], augment_after_trigger=True)))}
+# `augment_after_trigger`); and its mask generator was pre-trained on raw images until 2026-12-08,
+# where the official loaders augment them (`augment_mask_batches`). IAD_ARCHIVED_ROW is IAD_CPU
+# plus the old order and raw pre-training batches; drop both (and move the row's cells away) to
+# train the row again the official way.
+IAD_ARCHIVED_ROW = {"iad": dict(params=dict(iad=dict(IAD_CPU["iad"]["params"]["iad"], augment_after_trigger=True,
+                                                     augment_mask_batches=False)))}
 # DEVIATION (kept for the archive): every PBE and AFT cell of this matrix (and of the GTSRB one) ran
 # before 2026-12-07, when PBE's augmentation drew its crop (p 0.8) and rotation (p 0.5) per image;
 # the official code's kornia PostTensorTransform draws them per batch and rotates half the images
