@@ -262,19 +262,26 @@ def mask_loss(m_params, x: jax.Array, perm: jax.Array, params: IADParams, base_c
     return params.lambda_norm * density + params.lambda_div * diversity_loss(x, x[perm], m1, m1[perm])
 
 
+def mask_batch(images: jax.Array, key: jax.Array, params: IADParams, *, crop_padding: int, hflip: bool,
+               augmentation: str) -> tuple[jax.Array, jax.Array]:
+    """Step 2's batch: (x [B,H,W,C] float in [0, 1], perm [B]) from images [B,H,W,C] (uint8 or float).
+
+    With params.augment_mask_batches x is augmented by the training recipe (`augment`, key
+    fold_in(key, 1)), as the official loaders feed the pre-training; else x is the raw images. The
+    shuffle is drawn from `key` itself either way, so a run without augmentation draws as before."""
+    x = to_float(images)
+    if params.augment_mask_batches:
+        x = augment(jax.random.fold_in(key, 1), x, augmentation, crop_padding, hflip)
+    return x, jax.random.permutation(key, x.shape[0])
+
+
 def make_mask_step(params: IADParams, base_channels: int, depth: int, tx, mesh, *, crop_padding: int = 0,
                    hflip: bool = False, augmentation: str = "crop_flip"):
-    """Step 2: jitted (mask params, opt state, images uint8 [B,...], key) -> (params, opt state, loss).
-
-    With params.augment_mask_batches the images are first augmented by the training recipe
-    (`backdoor_core.augment.augment`; key fold_in(key, 1)), as the official loaders do; the shuffle
-    uses `key` itself either way, so a run without augmentation draws as before."""
+    """Step 2: jitted (mask params, opt state, images uint8 [B,...], key) -> (params, opt state, loss)
+    on the batch `mask_batch` makes (augmented with the recipe unless not augment_mask_batches)."""
 
     def step(m_params, opt_state, images, key):
-        x = to_float(images)
-        if params.augment_mask_batches:
-            x = augment(jax.random.fold_in(key, 1), x, augmentation, crop_padding, hflip)
-        perm = jax.random.permutation(key, x.shape[0])
+        x, perm = mask_batch(images, key, params, crop_padding=crop_padding, hflip=hflip, augmentation=augmentation)
         loss, grads = jax.value_and_grad(mask_loss)(m_params, x, perm, params, base_channels, depth)
         updates, opt_state = tx.update(grads, opt_state, m_params)
         return optax.apply_updates(m_params, updates), opt_state, loss

@@ -287,24 +287,31 @@ def test_iad_mask_loss_equals_the_two_pass_loss_of_the_official_code(mnist_subse
     scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_grads))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4 * scale), got_grads, want_grads)
     # another shuffle gives another loss (its diversity term): the pairing matters
-    other = jax.jit(mask_loss, static_argnums=(3, 4, 5))(m, x, jnp.arange(16)[::-1], params, 8, 2)
+    loss_jit = jax.jit(mask_loss, static_argnums=(3, 4, 5))
+    other = loss_jit(m, x, jnp.arange(16)[::-1], params, 8, 2)
     assert abs(float(other) - float(want)) > 1e-3
     # and the jitted step minimises exactly this loss, on this shuffle of the batch
     tx, step = _mask_program(params, 8, 2, mesh1)  # (the recipe with padding 0 and no flip changes nothing)
     host = jax.device_get(m)
     assert float(step(host, tx.init(host), jnp.asarray(images), key)[2]) == pytest.approx(float(want), rel=1e-5)
-    # With the official recipe the step pre-trains on augmented images (key fold_in(key, 1)), as the
-    # official loaders feed it; augment_mask_batches=False keeps the raw images (archived runs).
+    # With the official recipe the step pre-trains on augmented images (mask_batch: key fold_in(key,
+    # 1)), as the official loaders feed it; augment_mask_batches=False keeps the raw images and the
+    # same shuffle (archived runs).
+    from attacks.iad import mask_batch
     from backdoor_core.augment import augment
 
-    _, aug_step = _mask_program(params, 8, 2, mesh1, 2, True, "iad")
-    augmented = augment(jax.random.fold_in(key, 1), x, "iad", 2, True)
+    settings = dict(crop_padding=2, hflip=True, augmentation="crop_flip")
+    augmented, aug_perm = mask_batch(jnp.asarray(images), key, params, **settings)
+    np.testing.assert_array_equal(np.asarray(augmented), np.asarray(augment(jax.random.fold_in(key, 1), x, "crop_flip", 2, True)))
     assert np.abs(np.asarray(augmented - x)).mean() > 0.01
-    want_aug = jit_once(mask_loss, static_argnums=(3, 4, 5))(m, augmented, perm, params, 8, 2)
-    got_aug = aug_step(host, tx.init(host), jnp.asarray(images), key)[2]
-    assert float(got_aug) == pytest.approx(float(want_aug), rel=1e-5) and abs(float(got_aug) - float(want)) > 1e-3
-    _, raw_step = _mask_program(dataclasses.replace(params, augment_mask_batches=False), 8, 2, mesh1, 2, True, "iad")
-    assert float(raw_step(host, tx.init(host), jnp.asarray(images), key)[2]) == pytest.approx(float(want), rel=1e-5)
+    raw, raw_perm = mask_batch(jnp.asarray(images), key, dataclasses.replace(params, augment_mask_batches=False), **settings)
+    np.testing.assert_array_equal(np.asarray(raw), np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(raw_perm), np.asarray(perm))
+    np.testing.assert_array_equal(np.asarray(aug_perm), np.asarray(perm))
+    _, aug_step = _mask_program(params, 8, 2, mesh1, 2, True, "crop_flip")
+    got_aug = float(aug_step(host, tx.init(host), jnp.asarray(images), key)[2])
+    assert got_aug == pytest.approx(float(loss_jit(m, augmented, perm, params, 8, 2)), rel=1e-5)
+    assert abs(got_aug - float(want)) > 1e-3
 
 
 def _stop_at(call: int):
