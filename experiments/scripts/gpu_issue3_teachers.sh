@@ -5,7 +5,9 @@
 #     schedule (EPOCHS, default 40, instead of the matrix's 15; at 15 their ASR stays under 90%:
 #     SIG 84.7, WaNet 76.9-90.2, IAD 82.6 with the official pre-training, trained on the CPU in
 #     session 47, and 71.8 with 1 pre-training epoch), with the clean model at the same schedule,
-#     since issue 3 measures C-Acc against the clean model's.
+#     since issue 3 measures C-Acc against the clean model's. (Since 2026-12-07/08 `iad`'s defaults
+#     are the official code's augmentation order and augmented mask pre-training batches, WaNet's
+#     the official warp-then-augment order: these commands train them so.)
 # Four processes side by side, each a plain CLI command (so each reproduces on any machine):
 #   python -m experiments.train  --config experiments/configs/train_cifar10.py  --config.train.epochs=E --config.out=R/clean_eE
 #   python -m experiments.attack --config experiments/configs/attack_cifar10.py --config.attack=sig \
